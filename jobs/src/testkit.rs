@@ -1,0 +1,145 @@
+//! Test isolation on the real services: each [`TestEnv`] gets its own
+//! Postgres schema, RabbitMQ virtual host and S3 bucket, so integration
+//! tests run in parallel against the machine's Postgres and RabbitMQ and the
+//! loopback S3 server that `scripts/s3.sh` starts.
+//!
+//! Endpoints come from `GLOWLINE_TEST_DATABASE_URL`, `GLOWLINE_TEST_AMQP_HOST`
+//! and `GLOWLINE_TEST_S3_ENDPOINT`, defaulting to the loopback services.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::Credentials;
+use uuid::Uuid;
+
+use crate::config::{BrokerConfig, DatabaseConfig, QueueType, S3Config};
+
+/// Credentials of the loopback S3 server that `scripts/s3.sh` starts; test
+/// values, not secrets.
+pub const TEST_S3_ACCESS_KEY: &str = "glowline-test";
+pub const TEST_S3_SECRET_KEY: &str = "glowline-test-secret";
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// One test's private corner of every service; removed on drop.
+pub struct TestEnv {
+    pub database: DatabaseConfig,
+    pub broker: BrokerConfig,
+    pub s3: S3Config,
+    /// The RabbitMQ virtual host.
+    pub vhost: String,
+}
+
+impl TestEnv {
+    /// Creates a schema name, a virtual host and a bucket named after `name`
+    /// and a random suffix. The schema is created by the first connect.
+    pub fn new(name: &str) -> Self {
+        let suffix = &Uuid::new_v4().simple().to_string()[..10];
+        let slug: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .take(30)
+            .collect();
+        let id = format!("t_{slug}_{suffix}");
+
+        rabbitmqctl(&["add_vhost", &id]);
+        rabbitmqctl(&["set_permissions", "-p", &id, "guest", ".*", ".*", ".*"]);
+        let amqp_host = env_or("GLOWLINE_TEST_AMQP_HOST", "127.0.0.1:5672");
+
+        TestEnv {
+            database: DatabaseConfig {
+                url: env_or(
+                    "GLOWLINE_TEST_DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:5432/postgres",
+                ),
+                schema: id.clone(),
+                max_connections: 4,
+                migrate: true,
+            },
+            broker: BrokerConfig {
+                url: format!("amqp://guest:guest@{amqp_host}/{id}"),
+                queue_type: QueueType::Quorum,
+                ..BrokerConfig::default()
+            },
+            s3: S3Config {
+                endpoint: Some(env_or("GLOWLINE_TEST_S3_ENDPOINT", "http://127.0.0.1:8014")),
+                bucket: id.replace('_', "-"),
+                ..S3Config::default()
+            },
+            vhost: id,
+        }
+    }
+
+    /// Credentials of the test S3 server.
+    pub fn s3_credentials(&self) -> Credentials {
+        Credentials::new(TEST_S3_ACCESS_KEY, TEST_S3_SECRET_KEY, None, None, "test")
+    }
+
+    /// The test's bucket, created.
+    pub async fn store(&self) -> crate::s3::Store {
+        let store = crate::s3::Store::new(&self.s3, self.s3_credentials());
+        store.ensure_bucket().await.expect("create the test bucket");
+        store
+    }
+
+    /// (ready, unacknowledged) messages of `queue` in the test's vhost.
+    pub fn queue_depth(&self, queue: &str) -> (u64, u64) {
+        let out = rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            &self.vhost,
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ]);
+        for line in out.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() == 3 && fields[0] == queue {
+                return (fields[1].parse().unwrap_or(0), fields[2].parse().unwrap_or(0));
+            }
+        }
+        (0, 0)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        rabbitmqctl(&["delete_vhost", &self.vhost]);
+        let _ = Command::new("psql")
+            .args([
+                &self.database.url,
+                "-qc",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.database.schema),
+            ])
+            .output();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl (is RabbitMQ installed? see scripts/services.sh)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after
+/// `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,101 @@
+//! The outbox relay: publishes the messages that transactions left in the
+//! `outbox` table (dispatches and job events), and marks a row sent only
+//! once the broker confirmed it.
+//!
+//! Rows are locked with `SKIP LOCKED`, so several schedulers may relay at
+//! once. A crash between publish and commit publishes the row again on the
+//! next pass: delivery is at least once, and workers' claims make the
+//! duplicate harmless.
+
+use jobs::broker;
+use jobs::config::BrokerConfig;
+use jobs::retry::Backoff;
+use jobs::shutdown::Shutdown;
+use jobs::store;
+use lapin::Channel;
+use sqlx::PgPool;
+
+use crate::config::RelayConfig;
+
+/// Runs the relay until `shutdown`, reconnecting after failures.
+pub async fn run(pool: PgPool, broker_config: BrokerConfig, config: RelayConfig, shutdown: Shutdown) {
+    let backoff = Backoff::default();
+    let mut failures = 0;
+    while !shutdown.is_triggered() {
+        match relay(&pool, &broker_config, &config, &shutdown).await {
+            Ok(()) => failures = 0,
+            Err(error) => {
+                let delay = backoff.delay(failures);
+                tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "outbox relay failed; retrying");
+                failures = (failures + 1).min(backoff.max_retries);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => {}
+                }
+            }
+        }
+    }
+    tracing::info!("outbox relay stopped");
+}
+
+async fn relay(
+    pool: &PgPool,
+    broker_config: &BrokerConfig,
+    config: &RelayConfig,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let connection = broker::connect(broker_config, "glowline-scheduler-relay").await?;
+    let channel = broker::confirm_channel(&connection).await?;
+    broker::declare_topology(&channel, broker_config).await?;
+
+    while !shutdown.is_triggered() {
+        let published = relay_batch(pool, &channel, config.batch_size).await?;
+        if published == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(config.poll_interval()) => {}
+                _ = shutdown.wait() => {}
+            }
+        }
+    }
+    let _ = connection.close(0, "shutting down".into()).await;
+    Ok(())
+}
+
+/// Publishes one batch of unsent rows; returns how many the broker took.
+/// A broker failure marks the remaining rows failed and is returned, so the
+/// caller reconnects.
+async fn relay_batch(pool: &PgPool, channel: &Channel, batch_size: i64) -> anyhow::Result<usize> {
+    let (mut tx, messages) = store::lock_unsent(pool, batch_size).await?;
+    if messages.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+
+    let mut sent = Vec::with_capacity(messages.len());
+    let mut failure = None;
+    for message in &messages {
+        let body = serde_json::to_vec(&message.payload)?;
+        let properties = broker::json_properties()
+            .with_message_id(format!("outbox-{}", message.id).into())
+            .with_priority(message.priority.clamp(0, 255) as u8);
+        match broker::publish_confirmed(channel, &message.exchange, &message.routing_key, &body, properties).await {
+            Ok(()) => sent.push(message.id),
+            Err(error) => {
+                tracing::warn!(outbox_id = message.id, exchange = %message.exchange, routing_key = %message.routing_key, %error, "publish failed");
+                store::mark_failed(&mut tx, message.id, &error.to_string()).await?;
+                if error.is_connection_lost() {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+    }
+    store::mark_sent(&mut tx, &sent).await?;
+    tx.commit().await?;
+    tracing::debug!(published = sent.len(), "outbox relayed");
+
+    match failure {
+        Some(error) => Err(error.into()),
+        None => Ok(sent.len()),
+    }
+}

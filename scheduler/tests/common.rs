@@ -1,0 +1,98 @@
+//! Shared setup of the scheduler's integration tests: a scheduler started
+//! in-process against the test's own schema, virtual host and bucket.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use jobs::broker;
+use jobs::shutdown::Shutdown;
+use jobs::testkit::{eventually, TestEnv};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use scheduler::config::SchedulerConfig;
+use serde_json::json;
+use sqlx::PgPool;
+
+/// How long a test waits for something asynchronous before failing.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Harness {
+    pub env: TestEnv,
+    pub pool: PgPool,
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+    pub http: reqwest::Client,
+    running: Option<scheduler::Running>,
+}
+
+/// A scheduler config for `env` on an OS-picked port, with fast sweeps.
+pub fn config(env: &TestEnv) -> SchedulerConfig {
+    let mut config = SchedulerConfig::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.database = env.database.clone();
+    config.broker = env.broker.clone();
+    config.reaper.interval_ms = 200;
+    config.relay.poll_interval_ms = 50;
+    config
+}
+
+impl Harness {
+    pub async fn start(name: &str) -> Self {
+        Self::start_with(TestEnv::new(name), |_| {}).await
+    }
+
+    pub async fn start_with(env: TestEnv, tweak: impl FnOnce(&mut SchedulerConfig)) -> Self {
+        let mut config = config(&env);
+        tweak(&mut config);
+        let shutdown = Shutdown::new();
+        let running = scheduler::start(config, shutdown.clone()).await.expect("start scheduler");
+        let pool = jobs::db::connect(&env.database).await.unwrap();
+        Harness {
+            addr: running.addr,
+            env,
+            pool,
+            shutdown,
+            http: reqwest::Client::new(),
+            running: Some(running),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the scheduler and waits for its tasks.
+    pub async fn stop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(running) = self.running.take() {
+            running.join().await;
+        }
+    }
+}
+
+/// A valid edit submission of `input`.
+pub fn edit(input: &str) -> serde_json::Value {
+    json!({
+        "spec": {
+            "version": 1,
+            "operation": { "kind": "edit", "input": input, "attributes": { "smiling": 1.0 } }
+        }
+    })
+}
+
+/// Takes one message off `queue` of `env`, waiting for it to arrive.
+pub async fn take_message(env: &TestEnv, queue: &str) -> serde_json::Value {
+    let connection = broker::connect(&env.broker, "test-reader").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let message = eventually(&format!("a message on {queue}"), WAIT, || async {
+        channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+    })
+    .await;
+    message.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    let _ = connection.close(0, "done".into()).await;
+    serde_json::from_slice(&message.delivery.data).unwrap()
+}

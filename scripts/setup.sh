@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what building and running Glowline needs, skipping whatever is
+# already there: the pinned PyTorch wheel (its libtorch is what tch links) in
+# a project-local virtual environment, and ffmpeg for MP4 output.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$GLOWLINE_ROOT"
+
+# tch 0.24.0 is built against exactly this libtorch; the GPU machines carry it too.
+TORCH_VERSION=2.11.0
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "setup: installing ${missing[*]} from Debian's packages"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+fi
+apt_install ffmpeg
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+    echo "setup: installing torch==$TORCH_VERSION into .venv (a large download, once)"
+    .venv/bin/pip install --quiet --progress-bar off "torch==$TORCH_VERSION"
+fi
