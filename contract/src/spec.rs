@@ -899,7 +899,10 @@ mod tests {
     #[test]
     fn every_operation_parses_and_names_its_kind() {
         let specs = [
-            (edit(r#"{"smiling": 1.0, "age": -0.5, "Eyeglasses": 2}"#), "edit"),
+            (
+                edit(r#"{"smiling": 1.0, "age": -0.5, "Eyeglasses": 2}"#),
+                "edit",
+            ),
             (
                 r#"{"version": 1, "operation": {"kind": "edit_sweep", "input": "a.jpg",
                     "attribute": "beard", "strength": 1.5, "frames": 9}}"#
@@ -1015,7 +1018,10 @@ mod tests {
             assert!(err.to_string().contains("operation.attributes.age"));
         }
         let huge = message(parse(&edit(r#"{"smiling": 1e6}"#)));
-        assert!(huge.contains("operation.attributes.smiling is 1000000"), "{huge}");
+        assert!(
+            huge.contains("operation.attributes.smiling is 1000000"),
+            "{huge}"
+        );
         assert!(message(parse(&edit(r#"{"smiling": 1e999}"#))).contains("does not match"));
     }
 
@@ -1159,7 +1165,10 @@ mod tests {
         assert_eq!(playback_order(2, 0), [0, 1]);
         assert_eq!(playback_order(1, 2), [0; 5]);
         for (n, hold) in [(1, 0), (2, 3), (5, 0), (48, 12)] {
-            assert_eq!(playback_order(n, hold).len() as u64, playback_len(n as u64, hold));
+            assert_eq!(
+                playback_order(n, hold).len() as u64,
+                playback_len(n as u64, hold)
+            );
         }
     }
 }

@@ -208,8 +208,8 @@ impl DirectionAccumulator {
         let defined = Tensor::from_slice(&defined)
             .view([ATTRIBUTE_COUNT as i64, 1])
             .to_device(self.positive_sums.device());
-        let difference =
-            &self.positive_sums / counts(&self.positives) - &self.negative_sums / counts(&self.negatives);
+        let difference = &self.positive_sums / counts(&self.positives)
+            - &self.negative_sums / counts(&self.negatives);
         let vectors = (difference * defined)
             .to_kind(Kind::Float)
             .to_device(Device::Cpu);
@@ -408,7 +408,9 @@ impl Directions {
         let names: Vec<String> = serde_json::from_str(&field(ATTRIBUTES_KEY)?)
             .map_err(|e| bad(format!("bad attribute list: {e}")))?;
         if names != CELEBA_ATTRIBUTES {
-            return Err(bad("its attributes are not CelebA's 40 in file order".into()));
+            return Err(bad(
+                "its attributes are not CelebA's 40 in file order".into()
+            ));
         }
         let images = field(IMAGES_KEY)?
             .parse()
@@ -419,7 +421,9 @@ impl Directions {
         let view = tensors
             .tensor(VECTORS_TENSOR)
             .map_err(|_| bad(format!("no `{VECTORS_TENSOR}` tensor")))?;
-        if view.dtype() != Dtype::F32 || view.shape().len() != 2 || view.shape()[0] != ATTRIBUTE_COUNT
+        if view.dtype() != Dtype::F32
+            || view.shape().len() != 2
+            || view.shape()[0] != ATTRIBUTE_COUNT
         {
             return Err(bad(format!(
                 "`{VECTORS_TENSOR}` must be f32 [{ATTRIBUTE_COUNT}, D], found {:?} {:?}",
@@ -439,7 +443,8 @@ impl Directions {
             let mut out = [0u64; ATTRIBUTE_COUNT];
             for (slot, chunk) in out.iter_mut().zip(view.data().chunks_exact(8)) {
                 let value = i64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-                *slot = u64::try_from(value).map_err(|_| bad(format!("negative count in `{name}`")))?;
+                *slot =
+                    u64::try_from(value).map_err(|_| bad(format!("negative count in `{name}`")))?;
             }
             Ok(out)
         };
@@ -523,7 +528,11 @@ pub fn compute(
         acc.add(&latents, &labels)?;
         on_batch(labels.len());
     }
-    let data = format!("{} (train split, {} faces)", dataset.root.display(), acc.images);
+    let data = format!(
+        "{} (train split, {} faces)",
+        dataset.root.display(),
+        acc.images
+    );
     Ok(acc.finish(model_sha256, &data))
 }
 
@@ -546,8 +555,10 @@ mod tests {
 
     fn table() -> Directions {
         let mut acc = DirectionAccumulator::new(3, Device::Cpu);
-        let z = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 4.0, 0.0])
-            .view([4, 3]);
+        let z = Tensor::from_slice(&[
+            1.0f32, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 4.0, 0.0,
+        ])
+        .view([4, 3]);
         let rows = [
             labels(true, false),
             labels(true, false),
@@ -590,7 +601,14 @@ mod tests {
     fn one_sided_attributes_and_unknown_names_are_errors() {
         let d = table();
         let err = d.vector("5_o_Clock_Shadow").unwrap_err();
-        assert!(matches!(err, DirectionsError::NoExamples { positives: 4, negatives: 0, .. }));
+        assert!(matches!(
+            err,
+            DirectionsError::NoExamples {
+                positives: 4,
+                negatives: 0,
+                ..
+            }
+        ));
         assert!(err.to_string().contains("both sides need at least one"));
         assert!(matches!(
             d.vector("Wings"),
@@ -603,7 +621,9 @@ mod tests {
         let mut acc = DirectionAccumulator::new(2, Device::Cpu);
         let mut row = labels(true, true);
         row[5] = 0;
-        let err = acc.add(&Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)), &[row]).unwrap_err();
+        let err = acc
+            .add(&Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)), &[row])
+            .unwrap_err();
         assert!(err.to_string().contains("Bangs is 0"), "{err}");
         let err = acc
             .add(&Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)), &[row])
@@ -621,10 +641,19 @@ mod tests {
         let back = Directions::load(&path).unwrap();
         assert_eq!(values(&back.vector("smiling").unwrap()), [2.0, -3.0, 0.0]);
         assert_eq!(back.counts(39), (2, 2));
-        assert_eq!((back.model_sha256(), back.images(), back.data()), ("abc123", 4, "synthetic"));
+        assert_eq!(
+            (back.model_sha256(), back.images(), back.data()),
+            ("abc123", 4, "synthetic")
+        );
         back.check_model(&path, "abc123", 3).unwrap();
-        let err = back.check_model(&path, "def456", 3).unwrap_err().to_string();
-        assert!(err.contains("sha256 abc123") && err.contains("def456"), "{err}");
+        let err = back
+            .check_model(&path, "def456", 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sha256 abc123") && err.contains("def456"),
+            "{err}"
+        );
         assert!(matches!(
             back.check_model(&path, "abc123", 4),
             Err(DirectionsError::DimensionMismatch { table: 3, model: 4 })
@@ -637,7 +666,10 @@ mod tests {
         let path = dir.path().join("junk.directions.safetensors");
         std::fs::write(&path, b"not a table").unwrap();
         let err = Directions::load(&path).unwrap_err().to_string();
-        assert!(err.contains("junk.directions.safetensors") && err.contains("not safetensors"), "{err}");
+        assert!(
+            err.contains("junk.directions.safetensors") && err.contains("not safetensors"),
+            "{err}"
+        );
         let missing = Directions::load(&dir.path().join("absent.safetensors")).unwrap_err();
         assert!(matches!(missing, DirectionsError::Io { .. }));
     }

@@ -28,6 +28,10 @@ enum Command {
     Info(cli::run::InfoArgs),
     /// Measure encode, decode and training speed of a config on this machine.
     Bench(cli::bench::BenchArgs),
+    /// Render a job spec (edit, mix, morph, sample) to PNG, GIF and MP4.
+    Render(cli::render::RenderArgs),
+    /// Compute a model's attribute directions from labelled CelebA faces.
+    Directions(cli::render::DirectionsArgs),
 }
 
 fn main() {
@@ -46,6 +50,8 @@ fn main() {
         Command::Reconstruct(args) => cli::run::reconstruct(args),
         Command::Info(args) => cli::run::info(args),
         Command::Bench(args) => cli::bench::bench(args),
+        Command::Render(args) => cli::render::render(args),
+        Command::Directions(args) => cli::render::directions(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -24,8 +24,11 @@ use crate::flow::coupling::Coupling;
 use crate::flow::invconv::InvConv1x1;
 use crate::flow::split::Split;
 use crate::flow::squeeze::{squeeze, unsqueeze};
-use crate::flow::{gaussian_log_density, spatial_size};
+use crate::flow::{gaussian_log_density, spatial_size, InitRng};
 use crate::preprocess::{self, Dequantize};
+
+/// Seed of the dequantization noise of the initialization batch.
+const INIT_NOISE_SEED: u64 = 0x1417;
 
 /// One flow step: ActNorm, invertible 1x1 convolution, coupling.
 struct FlowStep {
@@ -35,11 +38,11 @@ struct FlowStep {
 }
 
 impl FlowStep {
-    fn new(p: &nn::Path, channels: i64, cfg: &GlowConfig) -> Self {
+    fn new(p: &nn::Path, channels: i64, cfg: &GlowConfig, rng: &mut InitRng) -> Self {
         FlowStep {
             actnorm: ActNorm::new(&(p / "actnorm"), channels),
-            invconv: InvConv1x1::new(&(p / "invconv"), channels, cfg.permutation),
-            coupling: Coupling::new(&(p / "coupling"), channels, cfg.width, cfg.coupling),
+            invconv: InvConv1x1::new(&(p / "invconv"), channels, cfg.permutation, rng),
+            coupling: Coupling::new(&(p / "coupling"), channels, cfg.width, cfg.coupling, rng),
         }
     }
 
@@ -93,9 +96,15 @@ pub struct Glow {
 }
 
 impl Glow {
-    /// A fresh, uninitialized model on `device`.
+    /// A fresh, uninitialized model on `device`, its weights drawn with seed 0.
     pub fn new(config: &GlowConfig, device: Device) -> Result<Glow> {
+        Self::with_seed(config, device, 0)
+    }
+
+    /// A fresh, uninitialized model whose random weights come from `seed`.
+    pub fn with_seed(config: &GlowConfig, device: Device, seed: u64) -> Result<Glow> {
         config.validate()?;
+        let mut rng = InitRng::seed_from_u64(seed);
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let mut channels = config.channels;
@@ -104,7 +113,7 @@ impl Glow {
             let p = &root / format!("level{l}");
             channels *= 4;
             let steps = (0..config.depth)
-                .map(|k| FlowStep::new(&(&p / format!("step{k}")), channels, config))
+                .map(|k| FlowStep::new(&(&p / format!("step{k}")), channels, config, &mut rng))
                 .collect();
             let split = (l + 1 < config.levels).then(|| Split::new(&(&p / "split"), channels));
             if split.is_some() {
@@ -192,10 +201,19 @@ impl Glow {
         let x = preprocess::to_model_input(
             images,
             self.config.n_bits,
-            Dequantize::Uniform,
+            Dequantize::Uniform(INIT_NOISE_SEED),
             self.device(),
         )?;
-        tch::no_grad(|| self.flow_forward(&x, true))?;
+        self.initialize_inputs(&x.to_kind(self.kind()))
+    }
+
+    /// Data-dependent initialization from model inputs (floats in [-0.5, 0.5)).
+    pub fn initialize_inputs(&self, x: &Tensor) -> Result<()> {
+        if self.is_initialized() {
+            return Ok(());
+        }
+        self.check_input(x)?;
+        tch::no_grad(|| self.flow_forward(x, true))?;
         self.refresh_initialized();
         Ok(())
     }

@@ -15,8 +15,10 @@ use crate::error::{GlowError, Result};
 /// Where inside its quantization bin a value is placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dequantize {
-    /// Uniform noise over the bin (training and bits/dim).
-    Uniform,
+    /// Uniform noise over the bin (training and bits/dim), drawn from a
+    /// generator of its own seeded with this value: the same seed gives the
+    /// same noise whatever else runs in the process, on every device.
+    Uniform(u64),
     /// The center of the bin (encoding).
     Center,
 }
@@ -40,9 +42,21 @@ pub fn to_model_input(
     let q = (x / f64::from(1u32 << (8 - n_bits))).floor();
     let x = q / n_bins - 0.5;
     Ok(match dequantize {
-        Dequantize::Uniform => &x + x.rand_like() / n_bins,
+        Dequantize::Uniform(seed) => {
+            let noise = uniform_noise(&x.size(), seed).to_device(device);
+            &x + noise / n_bins
+        }
         Dequantize::Center => x + 0.5 / n_bins,
     })
+}
+
+/// Uniform [0, 1) noise of `shape` from a ChaCha generator seeded with `seed`.
+fn uniform_noise(shape: &[i64], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let count: i64 = shape.iter().product();
+    let values: Vec<f32> = (0..count).map(|_| rng.gen::<f32>()).collect();
+    Tensor::from_slice(&values).view(shape)
 }
 
 /// Model outputs back to uint8 `[B, C, H, W]` on the CPU: the bin each value
@@ -87,7 +101,7 @@ mod tests {
     #[test]
     fn uniform_noise_stays_inside_the_bin() {
         let images = Tensor::full([2, 3, 8, 8], 77, (Kind::Uint8, tch::Device::Cpu));
-        let x = to_model_input(&images, 5, Dequantize::Uniform, tch::Device::Cpu).unwrap();
+        let x = to_model_input(&images, 5, Dequantize::Uniform(1), tch::Device::Cpu).unwrap();
         let low = (77 / 8) as f64 / 32.0 - 0.5;
         assert!(x.min().double_value(&[]) >= low);
         assert!(x.max().double_value(&[]) < low + 1.0 / 32.0);

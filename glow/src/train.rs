@@ -229,11 +229,10 @@ pub struct Trainer {
     pub state: TrainState,
 }
 
-/// Seeds libtorch's generator for the noise of one step, so that a resumed
-/// run draws the same noise as an uninterrupted one.
-fn seed_step(seed: u64, step: u64) {
-    let s = seed.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(step);
-    tch::manual_seed((s & 0x7FFF_FFFF_FFFF_FFFF) as i64);
+/// Seed of the dequantization noise of batch `index` of a run seeded with
+/// `seed`: a resumed run draws the same noise as an uninterrupted one.
+fn noise_seed(seed: u64, index: u64) -> u64 {
+    seed.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(index)
 }
 
 impl Trainer {
@@ -274,11 +273,11 @@ impl Trainer {
     /// training with an error naming the step.
     pub fn step(&mut self, images: &Tensor) -> Result<StepStats> {
         let step = self.state.step + 1;
-        seed_step(self.config.seed, step);
         if !self.glow.is_initialized() {
             self.glow.initialize(images)?;
         }
-        let x = preprocess::to_model_input(images, self.glow.config().n_bits, Dequantize::Uniform, self.glow.device())?;
+        let noise = Dequantize::Uniform(noise_seed(self.config.seed, step));
+        let x = preprocess::to_model_input(images, self.glow.config().n_bits, noise, self.glow.device())?;
         self.optimizer.zero_grad();
         let loss = self.glow.bits_per_dim(&x)?.mean(Kind::Float);
         let value = loss.double_value(&[]);
@@ -315,13 +314,13 @@ impl Trainer {
 /// Mean bits per dimension over `images` (uint8 `[N, 3, S, S]`), in batches,
 /// with dequantization noise drawn from `seed` so the figure is reproducible.
 pub fn evaluate_bits_per_dim(glow: &Glow, images: &Tensor, batch_size: i64, seed: u64) -> Result<f64> {
-    tch::manual_seed(seed as i64 & 0x7FFF_FFFF);
     let n = images.size()[0];
     let mut total = 0.0;
     for start in (0..n).step_by(batch_size.max(1) as usize) {
         let len = batch_size.min(n - start);
         let batch = images.narrow(0, start, len);
-        let x = preprocess::to_model_input(&batch, glow.config().n_bits, Dequantize::Uniform, glow.device())?;
+        let noise = Dequantize::Uniform(noise_seed(seed, start as u64));
+        let x = preprocess::to_model_input(&batch, glow.config().n_bits, noise, glow.device())?;
         let bpd = tch::no_grad(|| glow.bits_per_dim(&x))?;
         total += bpd.sum(Kind::Double).double_value(&[]);
     }
@@ -347,9 +346,9 @@ pub fn evaluate_entries(glow: &Glow, entries: Vec<Entry>, batch_size: usize, wor
     )?;
     let mut total = 0.0;
     let mut count = 0usize;
-    tch::manual_seed(seed as i64 & 0x7FFF_FFFF);
     for batch in loader {
-        let x = preprocess::to_model_input(&batch.images, glow.config().n_bits, Dequantize::Uniform, glow.device())?;
+        let noise = Dequantize::Uniform(noise_seed(seed, batch.batch));
+        let x = preprocess::to_model_input(&batch.images, glow.config().n_bits, noise, glow.device())?;
         let bpd = tch::no_grad(|| glow.bits_per_dim(&x))?;
         total += bpd.sum(Kind::Double).double_value(&[]);
         count += batch.indices.len();

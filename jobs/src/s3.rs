@@ -9,8 +9,10 @@
 use std::path::Path;
 
 use aws_sdk_s3::config::http::HttpResponse;
+pub use aws_sdk_s3::config::Credentials;
+
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;

@@ -609,29 +609,69 @@ pub async fn finish(pool: &PgPool, held: &Lease, outcome: &Outcome) -> Result<Jo
 }
 
 /// Gives the attempt `held` back unfinished (its worker is shutting down):
-/// the job is queued again and this attempt does not count against its
-/// attempts. The caller requeues its message.
+/// the job is queued again with a fresh dispatch, and this attempt does not
+/// count against its attempts.
 pub async fn hand_back(pool: &PgPool, held: &Lease) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    let updated = sqlx::query(
+    let job: Option<Job> = sqlx::query_as(
         "UPDATE jobs SET status = 'queued', max_attempts = max_attempts + 1,
                 lease_owner = NULL, lease_expires_at = NULL, progress = 0, updated_at = now()
-         WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND status = 'running'",
+         WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND status = 'running'
+         RETURNING *",
     )
     .bind(held.job_id)
     .bind(held.attempt)
     .bind(&held.owner)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    if updated.rows_affected() == 0 {
+    let Some(job) = job else {
         return Err(StoreError::Fenced {
             job_id: held.job_id,
             attempt: held.attempt,
         });
-    }
-    append_event(&mut tx, held.job_id, "handed_back", held.attempt, serde_json::json!({})).await?;
+    };
+    append_event(&mut tx, job.id, "handed_back", held.attempt, serde_json::json!({})).await?;
+    enqueue_dispatch(&mut tx, job.id, &job.kind, job.lane, job.priority).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Ends the attempt `held` after a transient failure outlasted its retries
+/// (S3 or the database stayed unreachable): the job is queued again for a
+/// later attempt, or failed with `reason` if this was its last.
+pub async fn release(pool: &PgPool, held: &Lease, reason: &str) -> Result<Job, StoreError> {
+    let mut tx = pool.begin().await?;
+    let job: Option<Job> = sqlx::query_as(
+        "UPDATE jobs SET
+                status = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+                error = $4, lease_owner = NULL, lease_expires_at = NULL, progress = 0,
+                finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE now() END,
+                updated_at = now()
+         WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND status = 'running'
+         RETURNING *",
+    )
+    .bind(held.job_id)
+    .bind(held.attempt)
+    .bind(&held.owner)
+    .bind(reason)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(job) = job else {
+        return Err(StoreError::Fenced {
+            job_id: held.job_id,
+            attempt: held.attempt,
+        });
+    };
+    let detail = serde_json::json!({ "error": reason });
+    if job.status == JobStatus::Queued {
+        append_event(&mut tx, job.id, "retry", job.attempt, detail).await?;
+        enqueue_dispatch(&mut tx, job.id, &job.kind, job.lane, job.priority).await?;
+    } else {
+        append_event(&mut tx, job.id, "failed", job.attempt, detail).await?;
+        enqueue_terminal_event(&mut tx, &job).await?;
+    }
+    tx.commit().await?;
+    Ok(job)
 }
 
 /// What the reaper did with one expired lease.

@@ -44,12 +44,19 @@ impl Running {
     }
 }
 
-/// Connects to Postgres (applying migrations if configured), binds the HTTP
-/// listener and starts every task; they stop when `shutdown` fires.
+/// Connects to Postgres (applying migrations if configured), declares the
+/// broker topology, binds the HTTP listener and starts every task; they stop
+/// when `shutdown` fires.
 pub async fn start(config: SchedulerConfig, shutdown: Shutdown) -> anyhow::Result<Running> {
     let pool = jobs::db::connect(&config.database)
         .await
         .context("opening the job store")?;
+    // Declared before accepting work so that the first submissions find
+    // their queues; an unreachable broker is not fatal, the tasks keep
+    // reconnecting (and declaring) on their own.
+    if let Err(error) = declare_topology(&config.broker).await {
+        tracing::warn!(%error, "cannot declare the broker topology yet");
+    }
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding the HTTP API to {}", config.http.listen))?;
@@ -90,4 +97,12 @@ pub async fn start(config: SchedulerConfig, shutdown: Shutdown) -> anyhow::Resul
         tokio::spawn(reaper::run(pool, config.reaper.clone(), shutdown)),
     ];
     Ok(Running { addr, tasks })
+}
+
+async fn declare_topology(config: &jobs::config::BrokerConfig) -> anyhow::Result<()> {
+    let connection = jobs::broker::connect(config, "glowline-scheduler-setup").await?;
+    let channel = connection.create_channel().await?;
+    jobs::broker::declare_topology(&channel, config).await?;
+    connection.close(0, "topology declared".into()).await?;
+    Ok(())
 }

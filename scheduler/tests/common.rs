@@ -84,15 +84,18 @@ pub fn edit(input: &str) -> serde_json::Value {
 /// Takes one message off `queue` of `env`, waiting for it to arrive.
 pub async fn take_message(env: &TestEnv, queue: &str) -> serde_json::Value {
     let connection = broker::connect(&env.broker, "test-reader").await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let message = eventually(&format!("a message on {queue}"), WAIT, || async {
-        channel
+    let data = eventually(&format!("a message on {queue}"), WAIT, || async {
+        // A fresh channel per try: a quorum queue still electing its leader
+        // answers with a channel error.
+        let channel = connection.create_channel().await.ok()?;
+        let message = channel
             .basic_get(queue.into(), BasicGetOptions::default())
             .await
-            .unwrap()
+            .ok()??;
+        message.delivery.ack(BasicAckOptions::default()).await.ok()?;
+        Some(message.delivery.data)
     })
     .await;
-    message.delivery.ack(BasicAckOptions::default()).await.unwrap();
     let _ = connection.close(0, "done".into()).await;
-    serde_json::from_slice(&message.delivery.data).unwrap()
+    serde_json::from_slice(&data).unwrap()
 }

@@ -1,6 +1,7 @@
 //! The subcommands of `glow`, one module per group, and what they share.
 
 pub mod bench;
+pub mod render;
 pub mod run;
 pub mod train;
 

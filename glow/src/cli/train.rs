@@ -54,7 +54,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let dataset = Dataset::open(&args.data)?;
     let entries = dataset.split(Split::Train);
     let files = RunFiles { dir: args.run.clone() };
-    let glow = Glow::new(&preset.model, device)?;
+    let glow = Glow::with_seed(&preset.model, device, config.seed)?;
     let mut trainer = if args.resume {
         Trainer::resume(glow, config, &files.checkpoint())
             .with_context(|| format!("resuming from {}", files.checkpoint().display()))?

@@ -13,7 +13,7 @@
 use tch::{nn, Tensor};
 
 use super::actnorm::ActNorm;
-use super::sum_per_sample;
+use super::{gaussian, sum_per_sample, InitRng};
 use super::zeroconv::ZeroConv2d;
 use crate::config::Coupling as Kind;
 
@@ -35,15 +35,14 @@ struct CouplingNet {
 }
 
 impl CouplingNet {
-    fn new(p: &nn::Path, in_channels: i64, width: i64, out_channels: i64) -> Self {
-        let init = nn::Init::Randn {
-            mean: 0.0,
-            stdev: INIT_STD,
-        };
+    fn new(p: &nn::Path, in_channels: i64, width: i64, out_channels: i64, rng: &mut InitRng) -> Self {
+        let device = p.device();
+        let conv1 = gaussian(rng, &[width, in_channels, 3, 3], INIT_STD).to_device(device);
+        let conv2 = gaussian(rng, &[width, width, 1, 1], INIT_STD).to_device(device);
         CouplingNet {
-            conv1: p.var("conv1", &[width, in_channels, 3, 3], init),
+            conv1: p.var_copy("conv1", &conv1),
             norm1: ActNorm::new(&(p / "norm1"), width),
-            conv2: p.var("conv2", &[width, width, 1, 1], init),
+            conv2: p.var_copy("conv2", &conv2),
             norm2: ActNorm::new(&(p / "norm2"), width),
             out: ZeroConv2d::new(&(p / "out"), width, out_channels),
         }
@@ -69,7 +68,7 @@ pub struct Coupling {
 }
 
 impl Coupling {
-    pub fn new(p: &nn::Path, channels: i64, width: i64, kind: Kind) -> Self {
+    pub fn new(p: &nn::Path, channels: i64, width: i64, kind: Kind, rng: &mut InitRng) -> Self {
         let half = channels / 2;
         let out = match kind {
             Kind::Affine => channels,
@@ -77,7 +76,7 @@ impl Coupling {
         };
         Coupling {
             kind,
-            net: CouplingNet::new(&(p / "net"), half, width, out),
+            net: CouplingNet::new(&(p / "net"), half, width, out, rng),
         }
     }
 

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use tch::{nn, Kind, Tensor};
 
+use super::{gaussian, InitRng};
 use crate::config::Permutation;
 
 enum Weights {
@@ -43,16 +44,16 @@ pub struct InvConv1x1 {
 }
 
 /// A random `n x n` rotation: the Q of a QR decomposition of a Gaussian matrix.
-fn random_rotation(n: i64, kind: Kind) -> Tensor {
-    let a = Tensor::randn([n, n], (Kind::Double, tch::Device::Cpu));
+fn random_rotation(n: i64, rng: &mut InitRng) -> Tensor {
+    let a = gaussian(rng, &[n, n], 1.0).to_kind(Kind::Double);
     let (q, _) = Tensor::linalg_qr(&a, "reduced");
-    q.to_kind(kind)
+    q.to_kind(Kind::Float)
 }
 
 impl InvConv1x1 {
-    pub fn new(p: &nn::Path, channels: i64, kind: Permutation) -> Self {
+    pub fn new(p: &nn::Path, channels: i64, kind: Permutation, rng: &mut InitRng) -> Self {
         let device = p.device();
-        let w0 = random_rotation(channels, Kind::Float).to_device(device);
+        let w0 = random_rotation(channels, rng).to_device(device);
         let weights = match kind {
             Permutation::Conv => Weights::Plain {
                 weight: p.var_copy("weight", &w0),

@@ -11,7 +11,22 @@ pub mod split;
 pub mod squeeze;
 pub mod zeroconv;
 
+use rand_distr::{Distribution, StandardNormal};
 use tch::{Kind, Tensor};
+
+/// The generator that draws initial weights: seeded, so that a seed gives the
+/// same fresh model every time, whatever else runs in the process.
+pub type InitRng = rand_chacha::ChaCha8Rng;
+
+/// A CPU f32 tensor of `shape` with normal values of standard deviation `std`.
+pub fn gaussian(rng: &mut InitRng, shape: &[i64], std: f64) -> Tensor {
+    let count: i64 = shape.iter().product();
+    let values: Vec<f32> = (0..count)
+        .map(|_| StandardNormal.sample(rng))
+        .map(|v: f64| (v * std) as f32)
+        .collect();
+    Tensor::from_slice(&values).view(shape)
+}
 
 /// `ln(2 pi)`, the constant of the Gaussian log density.
 const LN_2PI: f64 = 1.837_877_066_409_345_5;

@@ -161,10 +161,15 @@ impl InputSource for DirInputs {
 /// Inputs already in memory, keyed by reference (a worker's downloads).
 impl InputSource for std::collections::HashMap<String, Vec<u8>> {
     fn read(&self, reference: &str) -> Result<Vec<u8>, InputError> {
-        self.get(reference).cloned().ok_or_else(|| InputError::Read {
-            name: reference.to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such input was provided"),
-        })
+        self.get(reference)
+            .cloned()
+            .ok_or_else(|| InputError::Read {
+                name: reference.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such input was provided",
+                ),
+            })
     }
 }
 
@@ -186,7 +191,11 @@ fn format_name(format: ImageFormat) -> &'static str {
 /// background), 16-bit channels are rounded to 8 bits, grayscale is spread
 /// to three channels, and the EXIF orientation is applied so that a phone
 /// photo stands upright.
-pub fn decode_image(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbImage, InputError> {
+pub fn decode_image(
+    bytes: &[u8],
+    name: &str,
+    limits: &ImageLimits,
+) -> Result<RgbImage, InputError> {
     if bytes.is_empty() {
         return Err(InputError::Empty { name: name.into() });
     }
@@ -202,6 +211,14 @@ pub fn decode_image(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<Rg
             })
         }
     };
+
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(InputError::Corrupt {
+            name: name.into(),
+            format: "JPEG",
+            detail: "the file ends before the image's end marker".into(),
+        });
+    }
 
     let too_large = |width, height| InputError::TooLarge {
         name: name.into(),
@@ -224,7 +241,10 @@ pub fn decode_image(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<Rg
     reader.no_limits();
     let mut decoder = reader.into_decoder().map_err(classify)?;
     let (width, height) = decoder.dimensions();
-    if width > limits.max_side || height > limits.max_side || decoder.total_bytes() > limits.max_alloc {
+    if width > limits.max_side
+        || height > limits.max_side
+        || decoder.total_bytes() > limits.max_alloc
+    {
         return Err(too_large(Some(width), Some(height)));
     }
     if width < limits.min_side || height < limits.min_side {
@@ -245,6 +265,61 @@ pub fn decode_image(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<Rg
     let mut image = DynamicImage::from_decoder(decoder).map_err(classify)?;
     image.apply_orientation(orientation);
     Ok(to_rgb(image))
+}
+
+/// Whether a JPEG's segments run from its start marker to its end marker.
+///
+/// The JPEG decoder fills a file cut short with gray instead of failing, so
+/// truncation is detected here: walk the marker segments, skip each scan's
+/// entropy-coded data (where a 0xFF byte is followed by 0x00 stuffing or a
+/// restart marker), and require an end-of-image marker. Data after the end
+/// marker (some cameras append previews or motion clips) is allowed.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    const SOI: u8 = 0xD8;
+    const EOI: u8 = 0xD9;
+    const SOS: u8 = 0xDA;
+    let is_restart = |m: u8| (0xD0..=0xD7).contains(&m);
+    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != SOI {
+        return false;
+    }
+    let mut at = 2;
+    loop {
+        // Markers may be padded with extra 0xFF bytes.
+        while bytes.get(at) == Some(&0xFF) && bytes.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let (Some(&0xFF), Some(&marker)) = (bytes.get(at), bytes.get(at + 1)) else {
+            return false;
+        };
+        at += 2;
+        if marker == EOI {
+            return true;
+        }
+        if is_restart(marker) || marker == 0x01 {
+            continue;
+        }
+        let Some(length) = bytes
+            .get(at..at + 2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            return false;
+        };
+        at += length;
+        if at > bytes.len() {
+            return false;
+        }
+        if marker == SOS {
+            // Entropy-coded data runs to the next marker that is neither
+            // byte stuffing nor a restart.
+            loop {
+                match (bytes.get(at), bytes.get(at + 1)) {
+                    (Some(0xFF), Some(&next)) if next != 0x00 && !is_restart(next) => break,
+                    (Some(_), Some(_)) => at += 1,
+                    _ => return false,
+                }
+            }
+        }
+    }
 }
 
 /// 8-bit RGB of any decoded image, alpha composited over white.
@@ -277,7 +352,9 @@ mod tests {
     }
 
     fn gradient(width: u32, height: u32) -> RgbImage {
-        RgbImage::from_fn(width, height, |x, y| Rgb([(x * 3) as u8, (y * 2) as u8, 128]))
+        RgbImage::from_fn(width, height, |x, y| {
+            Rgb([(x * 3) as u8, (y * 2) as u8, 128])
+        })
     }
 
     fn decode(bytes: &[u8]) -> Result<RgbImage, InputError> {
@@ -298,16 +375,99 @@ mod tests {
     #[test]
     fn converts_gray_alpha_and_sixteen_bit() {
         let gray = DynamicImage::ImageLuma8(image::ImageBuffer::from_pixel(40, 40, Luma([90u8])));
-        assert_eq!(*decode(&encode(&gray, ImageFormat::Png)).unwrap().get_pixel(3, 3), Rgb([90, 90, 90]));
+        assert_eq!(
+            *decode(&encode(&gray, ImageFormat::Png))
+                .unwrap()
+                .get_pixel(3, 3),
+            Rgb([90, 90, 90])
+        );
 
         let transparent =
             DynamicImage::ImageLumaA8(image::ImageBuffer::from_pixel(40, 40, LumaA([0u8, 0])));
-        let half = DynamicImage::ImageRgba8(image::ImageBuffer::from_pixel(40, 40, Rgba([0u8, 0, 0, 128])));
-        assert_eq!(*decode(&encode(&transparent, ImageFormat::Png)).unwrap().get_pixel(0, 0), Rgb([255; 3]));
-        assert_eq!(*decode(&encode(&half, ImageFormat::Png)).unwrap().get_pixel(0, 0), Rgb([127; 3]));
+        let half = DynamicImage::ImageRgba8(image::ImageBuffer::from_pixel(
+            40,
+            40,
+            Rgba([0u8, 0, 0, 128]),
+        ));
+        assert_eq!(
+            *decode(&encode(&transparent, ImageFormat::Png))
+                .unwrap()
+                .get_pixel(0, 0),
+            Rgb([255; 3])
+        );
+        assert_eq!(
+            *decode(&encode(&half, ImageFormat::Png))
+                .unwrap()
+                .get_pixel(0, 0),
+            Rgb([127; 3])
+        );
 
-        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(40, 40, Rgb([65535u16, 32896, 0])));
-        assert_eq!(*decode(&encode(&deep, ImageFormat::Png)).unwrap().get_pixel(0, 0), Rgb([255, 128, 0]));
+        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+            40,
+            40,
+            Rgb([65535u16, 32896, 0]),
+        ));
+        assert_eq!(
+            *decode(&encode(&deep, ImageFormat::Png))
+                .unwrap()
+                .get_pixel(0, 0),
+            Rgb([255, 128, 0])
+        );
+    }
+
+    #[test]
+    fn converts_cmyk_jpeg() {
+        // 64x64 in four quadrants, red, green, blue and white, saved as CMYK
+        // (Adobe's inverted form) by ImageMagick.
+        let rgb = decode(include_bytes!("../../tests/data/cmyk.jpg")).unwrap();
+        let near =
+            |p: &Rgb<u8>, want: [u8; 3]| p.0.iter().zip(want).all(|(a, b)| a.abs_diff(b) <= 24);
+        for ((x, y), want) in [
+            ((8, 8), [255, 0, 0]),
+            ((56, 8), [0, 255, 0]),
+            ((8, 56), [0, 0, 255]),
+            ((56, 56), [255; 3]),
+        ] {
+            let p = rgb.get_pixel(x, y);
+            assert!(near(p, want), "({x}, {y}) is {p:?}, expected {want:?}");
+        }
+    }
+
+    #[test]
+    fn applies_the_exif_orientation() {
+        // Stored 40 wide and 60 tall, red above blue, tagged "rotate 90
+        // degrees clockwise to display" (EXIF orientation 6).
+        let stored = RgbImage::from_fn(40, 60, |_, y| {
+            if y < 30 {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 0, 255])
+            }
+        });
+        let exif = [
+            0x49, 0x49, 0x2A, 0x00, 0x08, 0x00, 0x00, 0x00, // little-endian TIFF, IFD at 8
+            0x01, 0x00, // one entry
+            0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00,
+            0x00, // Orientation = 6
+            0x00, 0x00, 0x00, 0x00, // no next IFD
+        ];
+        let mut bytes = Vec::new();
+        let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
+        encoder.set_exif_metadata(exif.to_vec()).unwrap();
+        encoder
+            .write_image(stored.as_raw(), 40, 60, image::ExtendedColorType::Rgb8)
+            .unwrap();
+
+        let upright = decode(&bytes).unwrap();
+        assert_eq!(upright.dimensions(), (60, 40));
+        assert!(
+            upright.get_pixel(55, 20)[0] > 200,
+            "the top is now on the right"
+        );
+        assert!(
+            upright.get_pixel(5, 20)[2] > 200,
+            "the bottom is now on the left"
+        );
     }
 
     #[test]
@@ -315,9 +475,16 @@ mod tests {
         assert!(matches!(decode(b""), Err(InputError::Empty { .. })));
         let err = decode(b"hello, this is text and not a picture").unwrap_err();
         assert!(matches!(err, InputError::NotAnImage { found: None, .. }));
-        assert!(err.to_string().starts_with("face.x: not a PNG, JPEG or WebP image"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("face.x: not a PNG, JPEG or WebP image"),
+            "{err}"
+        );
         let gif = encode(&DynamicImage::ImageRgb8(gradient(40, 40)), ImageFormat::Gif);
-        assert!(decode(&gif).unwrap_err().to_string().contains("(it is GIF)"));
+        assert!(decode(&gif)
+            .unwrap_err()
+            .to_string()
+            .contains("(it is GIF)"));
     }
 
     #[test]
@@ -325,23 +492,47 @@ mod tests {
         let image = DynamicImage::ImageRgb8(gradient(96, 96));
         for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP] {
             let bytes = encode(&image, format);
-            let cut = &bytes[..bytes.len() / 2];
-            let err = decode(cut).unwrap_err();
-            assert!(matches!(err, InputError::Corrupt { .. }), "{format:?}: {err}");
-            assert!(err.to_string().contains("truncated or corrupt"), "{err}");
+            // Half the file, and just the last pixel rows (the end chunk or
+            // marker follows them).
+            for cut in [bytes.len() / 2, bytes.len() - 20] {
+                match decode(&bytes[..cut]) {
+                    Err(err @ InputError::Corrupt { .. }) => {
+                        assert!(err.to_string().contains("truncated or corrupt"), "{err}")
+                    }
+                    Err(other) => panic!("{format:?} cut at {cut}: {other}"),
+                    Ok(_) => panic!("{format:?} cut at {cut} decoded"),
+                }
+            }
         }
+    }
+
+    #[test]
+    fn accepts_data_after_a_jpeg_end_marker() {
+        let mut bytes = encode(
+            &DynamicImage::ImageRgb8(gradient(48, 48)),
+            ImageFormat::Jpeg,
+        );
+        bytes.extend_from_slice(b"trailing camera data \xFF\xD8");
+        assert_eq!(decode(&bytes).unwrap().dimensions(), (48, 48));
     }
 
     #[test]
     fn rejects_tiny_images_with_a_configurable_limit() {
         let bytes = encode(&DynamicImage::ImageRgb8(gradient(8, 8)), ImageFormat::Png);
         let err = decode(&bytes).unwrap_err();
-        assert!(err.to_string().contains("is 8x8; photos need at least 32 px"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("is 8x8; photos need at least 32 px"),
+            "{err}"
+        );
         let lenient = ImageLimits {
             min_side: 8,
             ..ImageLimits::default()
         };
-        assert_eq!(decode_image(&bytes, "x", &lenient).unwrap().dimensions(), (8, 8));
+        assert_eq!(
+            decode_image(&bytes, "x", &lenient).unwrap().dimensions(),
+            (8, 8)
+        );
     }
 
     #[test]
@@ -360,10 +551,20 @@ mod tests {
 
         let err = decode(&bytes).unwrap_err();
         assert!(
-            matches!(err, InputError::TooLarge { width: Some(50_000), height: Some(50_000), .. }),
+            matches!(
+                err,
+                InputError::TooLarge {
+                    width: Some(50_000),
+                    height: Some(50_000),
+                    ..
+                }
+            ),
             "{err}"
         );
-        assert!(err.to_string().contains("claims 50000x50000 pixels"), "{err}");
+        assert!(
+            err.to_string().contains("claims 50000x50000 pixels"),
+            "{err}"
+        );
 
         let strict = ImageLimits {
             max_side: 4096,
@@ -383,7 +584,11 @@ mod tests {
         for &byte in data {
             crc ^= u32::from(byte);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

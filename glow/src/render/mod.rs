@@ -209,7 +209,11 @@ impl<'a> Renderer<'a> {
 
     /// Faces decoded per batch by this renderer.
     pub fn decode_batch(&self) -> usize {
-        decode_batch_size(self.model.config(), self.config.decode_memory, self.config.max_batch)
+        decode_batch_size(
+            self.model.config(),
+            self.config.decode_memory,
+            self.config.max_batch,
+        )
     }
 
     /// Renders `spec` into `out_dir` (created if needed), reading faces from
@@ -245,6 +249,13 @@ impl<'a> Renderer<'a> {
         check_cancel(hooks)?;
 
         let plan = plan::build(&spec.operation, &faces, edit.as_ref(), samples.as_ref());
+        tracing::info!(
+            kind = spec.kind(),
+            frames = plan.frames.len(),
+            tiles = plan.tiles.len(),
+            batch = self.decode_batch(),
+            "decoding"
+        );
         hooks.stage(Stage::Decode);
         let tiles = self.decode(&plan, hooks, &mut timings)?;
 
@@ -267,6 +278,13 @@ impl<'a> Renderer<'a> {
         let outputs = writer.outputs;
         hooks.progress(1.0);
         timings.total = started.elapsed().as_secs_f64();
+        tracing::info!(
+            kind = spec.kind(),
+            played,
+            seconds = timings.total,
+            out = %out_dir.display(),
+            "rendered"
+        );
 
         let report = RenderReport {
             spec: spec.clone(),
@@ -295,7 +313,10 @@ impl<'a> Renderer<'a> {
     /// The latent offset of an edit (the sum of its attributes) or of an
     /// edit sweep's far end (`strength * d`); `None` for other operations.
     fn edit_vector(&self, operation: &Operation) -> Result<Option<Tensor>, RenderError> {
-        let needs = matches!(operation, Operation::Edit { .. } | Operation::EditSweep { .. });
+        let needs = matches!(
+            operation,
+            Operation::Edit { .. } | Operation::EditSweep { .. }
+        );
         if !needs {
             return Ok(None);
         }
@@ -323,7 +344,11 @@ impl<'a> Renderer<'a> {
 
     /// The input photos, decoded and cropped to the model's size, as uint8
     /// `[K, 3, S, S]` in the order of [`JobSpec::inputs`].
-    fn read_faces(&self, spec: &JobSpec, inputs: &dyn InputSource) -> Result<Vec<Tensor>, RenderError> {
+    fn read_faces(
+        &self,
+        spec: &JobSpec,
+        inputs: &dyn InputSource,
+    ) -> Result<Vec<Tensor>, RenderError> {
         let size = self.model.config().image_size;
         spec.inputs()
             .into_iter()
@@ -337,7 +362,11 @@ impl<'a> Renderer<'a> {
 
     /// Latents of the input faces `[K, D]` and, for a sample job, the drawn
     /// latents.
-    fn encode(&self, spec: &JobSpec, photos: &[Tensor]) -> Result<(Tensor, Option<Tensor>), RenderError> {
+    fn encode(
+        &self,
+        spec: &JobSpec,
+        photos: &[Tensor],
+    ) -> Result<(Tensor, Option<Tensor>), RenderError> {
         let faces = if photos.is_empty() {
             Tensor::zeros(
                 [0, self.model.latent_dim()],
@@ -347,9 +376,11 @@ impl<'a> Renderer<'a> {
             self.model.encode_images(&Tensor::stack(photos, 0))?
         };
         let samples = match spec.operation {
-            Operation::Sample { count, temperature } => {
-                Some(self.model.sample_latents(i64::from(count), temperature, spec.seed))
-            }
+            Operation::Sample { count, temperature } => Some(self.model.sample_latents(
+                i64::from(count),
+                temperature,
+                spec.seed,
+            )),
             _ => None,
         };
         Ok((faces, samples))
@@ -425,7 +456,9 @@ impl Writer<'_> {
                     _ => RESULT_FILE.to_string(),
                 };
                 self.png(&image, name)?;
-                hooks.progress(PROGRESS_DECODED + (1.0 - PROGRESS_DECODED) * (index + 1) as f32 / n as f32);
+                hooks.progress(
+                    PROGRESS_DECODED + (1.0 - PROGRESS_DECODED) * (index + 1) as f32 / n as f32,
+                );
             }
         }
         Ok((n, [size, size]))
@@ -470,7 +503,8 @@ impl Writer<'_> {
         let frames = self.formats.contains(&Format::Frames);
         if frames {
             let dir = self.out_dir.join(FRAMES_DIR);
-            std::fs::create_dir_all(&dir).map_err(|source| RenderError::Io { path: dir, source })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| RenderError::Io { path: dir, source })?;
         }
 
         let mut written = vec![false; self.plan.frames.len()];
@@ -523,5 +557,20 @@ impl Writer<'_> {
             contact_sheet(&cells, self.spec.output.sheet_columns)
         });
         self.png(&sheet, CONTACT_SHEET_FILE.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_batches_follow_the_memory_budget() {
+        let config = GlowConfig::default();
+        assert_eq!(decode_batch_size(&config, 0, 64), 1);
+        assert_eq!(decode_batch_size(&config, u64::MAX, 64), 64);
+        let small = decode_batch_size(&config, 32 * 1024 * 1024, 64);
+        let large = decode_batch_size(&config, 64 * 1024 * 1024, 64);
+        assert!(1 < small && small < large && large < 64, "{small} {large}");
     }
 }

@@ -89,7 +89,12 @@ pub fn compose(tiles: &[&RgbImage], layout: Layout, size: u32) -> RgbImage {
     for (i, tile) in tiles.iter().enumerate() {
         let (row, column) = (i as u32 / layout.columns, i as u32 % layout.columns);
         let face = upscale(tile, size);
-        image::imageops::replace(&mut frame, &face, i64::from(column * size), i64::from(row * size));
+        image::imageops::replace(
+            &mut frame,
+            &face,
+            i64::from(column * size),
+            i64::from(row * size),
+        );
     }
     frame
 }
@@ -129,7 +134,12 @@ pub fn write_png(image: &RgbImage, path: &Path) -> Result<(), OutputError> {
     let file = File::create(path).map_err(io_error(path))?;
     let mut writer = BufWriter::new(file);
     PngEncoder::new_with_quality(&mut writer, CompressionType::Default, PngFilter::Adaptive)
-        .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::Rgb8,
+        )
         .map_err(encode_error(path))?;
     writer.flush().map_err(io_error(path))
 }
@@ -177,7 +187,9 @@ impl GifWriter {
             ))),
         };
         let mut encoder = GifEncoder::new_with_speed(file.clone(), GIF_QUANTIZER_SPEED);
-        encoder.set_repeat(Repeat::Infinite).map_err(encode_error(path))?;
+        encoder
+            .set_repeat(Repeat::Infinite)
+            .map_err(encode_error(path))?;
         Ok(Self {
             encoder,
             file,
@@ -225,7 +237,14 @@ mod tests {
     fn compose_places_tiles_row_by_row() {
         let tiles = [solid(4, 10), solid(4, 20), solid(4, 30), solid(4, 40)];
         let refs: Vec<&RgbImage> = tiles.iter().collect();
-        let frame = compose(&refs, Layout { columns: 3, rows: 2 }, 8);
+        let frame = compose(
+            &refs,
+            Layout {
+                columns: 3,
+                rows: 2,
+            },
+            8,
+        );
         assert_eq!(frame.dimensions(), (24, 16));
         assert_eq!(frame.get_pixel(4, 4)[0], 10);
         assert_eq!(frame.get_pixel(20, 4)[0], 30);
@@ -269,9 +288,10 @@ mod tests {
             gif.push(&solid(32, i * 30)).unwrap();
         }
         gif.finish().unwrap();
-        let decoder =
-            image::codecs::gif::GifDecoder::new(std::io::BufReader::new(File::open(&path).unwrap()))
-                .unwrap();
+        let decoder = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(
+            File::open(&path).unwrap(),
+        ))
+        .unwrap();
         let frames = decoder.into_frames().collect_frames().unwrap();
         assert_eq!(frames.len(), 7);
         assert_eq!(frames[0].buffer().dimensions(), (32, 32));
@@ -281,6 +301,10 @@ mod tests {
     #[test]
     fn unwritable_paths_are_named() {
         let err = write_png(&solid(4, 0), Path::new("/nonexistent-dir/x.png")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent-dir/x.png: cannot write"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent-dir/x.png: cannot write"),
+            "{err}"
+        );
     }
 }

@@ -76,9 +76,17 @@ impl TileSet {
     /// stored as the anchor itself, so every use of a face shares one tile.
     fn add(&mut self, from: usize, to: usize, t: f64) -> usize {
         let tile = if t == 0.0 || from == to {
-            Tile { from, to: from, t: 0.0 }
+            Tile {
+                from,
+                to: from,
+                t: 0.0,
+            }
         } else if t == 1.0 {
-            Tile { from: to, to, t: 0.0 }
+            Tile {
+                from: to,
+                to,
+                t: 0.0,
+            }
         } else {
             Tile { from, to, t }
         };
@@ -131,7 +139,9 @@ pub fn build(
             single_tiles(anchor, set, vec![id], false)
         }
         Operation::EditSweep { frames, .. } => {
-            let step = edit.expect("a sweep has its direction").to_device(faces.device());
+            let step = edit
+                .expect("a sweep has its direction")
+                .to_device(faces.device());
             let z = faces.get(0);
             let anchors = Tensor::stack(&[&z - &step, &z + &step], 0);
             let ids = steps(*frames).map(|t| set.add(0, 1, t)).collect();
@@ -252,7 +262,10 @@ mod tests {
         );
         assert_eq!(plan.frames, [vec![0]]);
         let z = tile_latents(&plan.anchors, &plan.tiles);
-        assert_eq!(Vec::<f32>::try_from(z.flatten(0, -1)).unwrap(), [1.0, 1.0, 1.0, 3.5]);
+        assert_eq!(
+            Vec::<f32>::try_from(z.flatten(0, -1)).unwrap(),
+            [1.0, 1.0, 1.0, 3.5]
+        );
         assert!(!plan.animated);
     }
 
@@ -260,7 +273,9 @@ mod tests {
     fn an_edit_sweep_runs_from_minus_to_plus() {
         let step = Tensor::from_slice(&[2.0f32, 0.0, 0.0, 0.0]);
         let plan = build(
-            &op(r#"{"kind": "edit_sweep", "input": "a", "attribute": "age", "strength": 1, "frames": 5}"#),
+            &op(
+                r#"{"kind": "edit_sweep", "input": "a", "attribute": "age", "strength": 1, "frames": 5}"#,
+            ),
             &faces(1),
             Some(&step),
             None,
@@ -280,7 +295,10 @@ mod tests {
             None,
             None,
         );
-        let z: Vec<f32> = tile_latents(&plan.anchors, &plan.tiles).flatten(0, -1).try_into().unwrap();
+        let z: Vec<f32> = tile_latents(&plan.anchors, &plan.tiles)
+            .flatten(0, -1)
+            .try_into()
+            .unwrap();
         assert_eq!(z, [1.0, 2.0, 3.0, 4.0]);
     }
 
@@ -300,7 +318,9 @@ mod tests {
     #[test]
     fn a_chain_visits_every_face_and_holds_there() {
         let plan = build(
-            &op(r#"{"kind": "morph_chain", "faces": ["a", "b", "c"], "frames_per_leg": 2, "hold": 1}"#),
+            &op(
+                r#"{"kind": "morph_chain", "faces": ["a", "b", "c"], "frames_per_leg": 2, "hold": 1}"#,
+            ),
             &faces(3),
             None,
             None,
@@ -308,7 +328,9 @@ mod tests {
         // Frames: a, a-b, b, b-c, c; faces held once more.
         assert_eq!(plan.frames.len(), 5);
         assert_eq!(plan.sequence, [0, 0, 1, 2, 2, 3, 4, 4]);
-        let operation = op(r#"{"kind": "morph_chain", "faces": ["a", "b", "c"], "frames_per_leg": 2, "hold": 1}"#);
+        let operation = op(
+            r#"{"kind": "morph_chain", "faces": ["a", "b", "c"], "frames_per_leg": 2, "hold": 1}"#,
+        );
         assert_eq!(plan.sequence.len() as u64, operation.image_count());
         let z = tile_latents(&plan.anchors, &plan.tiles);
         assert!(z.get(4).equal(&faces(3).get(2)));
@@ -317,18 +339,29 @@ mod tests {
     #[test]
     fn a_nine_way_morph_shares_the_base_tile() {
         let plan = build(
-            &op(r#"{"kind": "nine_way_morph", "base": "b", "targets": ["1","2","3","4","5"], "frames": 4}"#),
+            &op(
+                r#"{"kind": "nine_way_morph", "base": "b", "targets": ["1","2","3","4","5"], "frames": 4}"#,
+            ),
             &faces(6),
             None,
             None,
         );
-        assert_eq!(plan.layout, Layout { columns: 3, rows: 2 });
+        assert_eq!(
+            plan.layout,
+            Layout {
+                columns: 3,
+                rows: 2
+            }
+        );
         assert_eq!(plan.frames.len(), 4);
         // The first frame is the base five times: one tile.
         assert!(plan.frames[0].iter().all(|&id| id == plan.frames[0][0]));
         assert_eq!(plan.tiles.len(), 1 + 3 * 5);
         let last: Vec<Tile> = plan.frames[3].iter().map(|&id| plan.tiles[id]).collect();
-        assert!(last.iter().enumerate().all(|(k, t)| t.from == k + 1 && t.t == 0.0));
+        assert!(last
+            .iter()
+            .enumerate()
+            .all(|(k, t)| t.from == k + 1 && t.t == 0.0));
     }
 
     #[test]

@@ -163,7 +163,11 @@ impl Mp4Writer {
 
     /// Sends one frame to the encoder.
     pub fn push(&mut self, frame: &RgbImage) -> Result<(), VideoError> {
-        assert_eq!(frame.dimensions(), self.size, "every frame has the video's size");
+        assert_eq!(
+            frame.dimensions(),
+            self.size,
+            "every frame has the video's size"
+        );
         let stdin = self.stdin.as_mut().expect("stdin is open until finish");
         if let Err(e) = stdin.write_all(frame.as_raw()) {
             // A closed pipe means ffmpeg quit; its own message says why.
@@ -230,7 +234,11 @@ mod tests {
         let missing = Path::new("/nonexistent/ffmpeg");
         let err = check_encoder(missing).unwrap_err();
         assert!(matches!(err, VideoError::EncoderMissing { .. }));
-        assert!(err.to_string().contains("needs the `/nonexistent/ffmpeg` program"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("needs the `/nonexistent/ffmpeg` program"),
+            "{err}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let err = Mp4Writer::create(missing, &dir.path().join("a.mp4"), 16, 16, 24)
             .err()
