@@ -118,7 +118,10 @@ impl ModelFile {
             .into_iter()
             .collect();
         let config_json = metadata.get(CONFIG_KEY).ok_or_else(|| {
-            GlowError::checkpoint(path, format!("no `{CONFIG_KEY}` in the metadata: not a Glowline model"))
+            GlowError::checkpoint(
+                path,
+                format!("no `{CONFIG_KEY}` in the metadata: not a Glowline model"),
+            )
         })?;
         let config: GlowConfig = serde_json::from_str(config_json)
             .map_err(|e| GlowError::checkpoint(path, format!("bad model config: {e}")))?;
@@ -130,7 +133,8 @@ impl ModelFile {
     }
 
     fn tensors(&self, path: &Path) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.bytes).map_err(|e| GlowError::checkpoint(path, e.to_string()))
+        SafeTensors::deserialize(&self.bytes)
+            .map_err(|e| GlowError::checkpoint(path, e.to_string()))
     }
 
     /// Copies the stored variables into `glow`, whose config must match.
@@ -145,7 +149,10 @@ impl ModelFile {
         let variables = glow.var_store().variables();
         for name in file.names() {
             if !name.starts_with(OPTIMIZER_PREFIX) && !variables.contains_key(name.as_str()) {
-                return Err(GlowError::checkpoint(path, format!("unexpected tensor `{name}`")));
+                return Err(GlowError::checkpoint(
+                    path,
+                    format!("unexpected tensor `{name}`"),
+                ));
             }
         }
         tch::no_grad(|| {
@@ -154,10 +161,15 @@ impl ModelFile {
                 if t.size() != var.size() {
                     return Err(GlowError::checkpoint(
                         path,
-                        format!("tensor `{name}` has shape {:?}, the model wants {:?}", t.size(), var.size()),
+                        format!(
+                            "tensor `{name}` has shape {:?}, the model wants {:?}",
+                            t.size(),
+                            var.size()
+                        ),
                     ));
                 }
-                var.shallow_clone().copy_(&t.to_kind(var.kind()).to_device(var.device()));
+                var.shallow_clone()
+                    .copy_(&t.to_kind(var.kind()).to_device(var.device()));
             }
             Ok(())
         })?;

@@ -124,7 +124,10 @@ impl GlowConfig {
     pub fn differences(&self, other: &GlowConfig) -> Option<String> {
         let a = serde_json::to_value(self).expect("config serializes");
         let b = serde_json::to_value(other).expect("config serializes");
-        let (a, b) = (a.as_object().expect("object"), b.as_object().expect("object"));
+        let (a, b) = (
+            a.as_object().expect("object"),
+            b.as_object().expect("object"),
+        );
         let diffs: Vec<String> = a
             .iter()
             .filter(|(k, v)| b.get(*k) != Some(v))
@@ -170,7 +173,10 @@ mod tests {
         let cfg = GlowConfig::default();
         let total: i64 = cfg.latent_shapes().iter().map(|s| s[0] * s[1] * s[2]).sum();
         assert_eq!(total, cfg.dims());
-        assert_eq!(cfg.latent_shapes(), vec![[6, 32, 32], [12, 16, 16], [48, 8, 8]]);
+        assert_eq!(
+            cfg.latent_shapes(),
+            vec![[6, 32, 32], [12, 16, 16], [48, 8, 8]]
+        );
     }
 
     #[test]

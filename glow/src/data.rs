@@ -87,7 +87,11 @@ fn data_error(path: &Path, line: usize, message: impl std::fmt::Display) -> Glow
 fn parse_partitions(path: &Path) -> Result<Vec<(String, Split)>> {
     let text = read_text(path)?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let mut parts = line.split_whitespace();
         let (Some(file), Some(split), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(data_error(path, i + 1, "expected `FILE SPLIT`"));
@@ -117,7 +121,10 @@ fn parse_attributes(path: &Path) -> Result<Attributes> {
         return Err(data_error(
             path,
             2,
-            format!("expected {ATTRIBUTE_COUNT} attribute names, found {}", names.len()),
+            format!(
+                "expected {ATTRIBUTE_COUNT} attribute names, found {}",
+                names.len()
+            ),
         ));
     }
     let mut rows = HashMap::new();
@@ -130,7 +137,13 @@ fn parse_attributes(path: &Path) -> Result<Attributes> {
             let v = match part {
                 "1" => 1,
                 "-1" => -1,
-                other => return Err(data_error(path, i + 1, format!("attribute value `{other}` is not 1 or -1"))),
+                other => {
+                    return Err(data_error(
+                        path,
+                        i + 1,
+                        format!("attribute value `{other}` is not 1 or -1"),
+                    ))
+                }
             };
             if n < ATTRIBUTE_COUNT {
                 values[n] = v;
@@ -138,7 +151,11 @@ fn parse_attributes(path: &Path) -> Result<Attributes> {
             n += 1;
         }
         if n != ATTRIBUTE_COUNT {
-            return Err(data_error(path, i + 1, format!("expected {ATTRIBUTE_COUNT} values, found {n}")));
+            return Err(data_error(
+                path,
+                i + 1,
+                format!("expected {ATTRIBUTE_COUNT} values, found {n}"),
+            ));
         }
         rows.insert(file.to_string(), values);
     }
@@ -260,7 +277,11 @@ pub fn image_to_tensor(img: &RgbImage) -> Tensor {
 /// A uint8 `[3, H, W]` tensor to an RGB image.
 pub fn tensor_to_image(t: &Tensor) -> RgbImage {
     let (_, h, w) = t.size3().expect("CHW image tensor");
-    let hwc = t.to_device(tch::Device::Cpu).to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous();
+    let hwc = t
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Uint8)
+        .permute([1, 2, 0])
+        .contiguous();
     let mut raw = vec![0u8; (h * w * 3) as usize];
     let len = raw.len();
     hwc.copy_data(&mut raw, len);
@@ -355,7 +376,9 @@ fn epoch_seed(seed: u64, epoch: u64) -> u64 {
 impl Loader {
     pub fn new(entries: Vec<Entry>, config: LoaderConfig, start: Position) -> Result<Loader> {
         if entries.is_empty() || config.batch_size == 0 {
-            return Err(GlowError::Config("the loader needs images and a batch size of at least 1".into()));
+            return Err(GlowError::Config(
+                "the loader needs images and a batch size of at least 1".into(),
+            ));
         }
         let n = entries.len();
         let batches_per_epoch = if config.drop_last {
@@ -411,7 +434,10 @@ fn produce(
         if config.shuffle {
             order.shuffle(&mut rng);
         }
-        let flips: Vec<bool> = order.iter().map(|_| config.flip && rng.gen_bool(0.5)).collect();
+        let flips: Vec<bool> = order
+            .iter()
+            .map(|_| config.flip && rng.gen_bool(0.5))
+            .collect();
         for b in first_batch..batches_per_epoch {
             let lo = b as usize * config.batch_size;
             let hi = (lo + config.batch_size).min(order.len());

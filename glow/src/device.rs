@@ -29,7 +29,9 @@ impl FromStr for DeviceChoice {
                 .and_then(|n| n.parse().ok())
                 .map(DeviceChoice::Cuda)
                 .ok_or_else(|| {
-                    GlowError::Config(format!("unknown device `{s}`: use auto, cpu, cuda or cuda:N"))
+                    GlowError::Config(format!(
+                        "unknown device `{s}`: use auto, cpu, cuda or cuda:N"
+                    ))
                 }),
         }
     }

@@ -6,7 +6,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "glow", version, about = "Glow flow model: train, evaluate, sample, encode and render faces")]
+#[command(
+    name = "glow",
+    version,
+    about = "Glow flow model: train, evaluate, sample, encode and render faces"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -175,9 +175,9 @@ impl Glow {
 
     fn actnorms(&self) -> impl Iterator<Item = &ActNorm> {
         self.levels.iter().flat_map(|l| {
-            l.steps.iter().flat_map(|s| {
-                std::iter::once(&s.actnorm).chain(s.coupling.actnorms())
-            })
+            l.steps
+                .iter()
+                .flat_map(|s| std::iter::once(&s.actnorm).chain(s.coupling.actnorms()))
         })
     }
 
@@ -284,7 +284,10 @@ impl Glow {
         }
         let shapes = self.config.latent_shapes();
         if latents.len() != shapes.len()
-            || latents.iter().zip(&shapes).any(|(z, s)| z.dim() != 4 || z.size()[1..] != s[..])
+            || latents
+                .iter()
+                .zip(&shapes)
+                .any(|(z, s)| z.dim() != 4 || z.size()[1..] != s[..])
         {
             return Err(GlowError::Input(format!(
                 "expected latents of shapes {shapes:?} (after the batch dimension), got {:?}",

@@ -110,9 +110,14 @@ mod tests {
 
     #[test]
     fn rejects_float_images() {
-        let err = to_model_input(&Tensor::zeros([1, 3, 4, 4], (Kind::Float, tch::Device::Cpu)), 5, Dequantize::Center, tch::Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let err = to_model_input(
+            &Tensor::zeros([1, 3, 4, 4], (Kind::Float, tch::Device::Cpu)),
+            5,
+            Dequantize::Center,
+            tch::Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("uint8"), "{err}");
     }
 }

@@ -133,7 +133,12 @@ impl Optimizer {
 
     /// Scales the gradients down to `max_norm` if needed; returns their norm before.
     pub fn clip_grad_norm(&self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self.variables.iter().map(|(_, t)| t.grad()).filter(Tensor::defined).collect();
+        let grads: Vec<Tensor> = self
+            .variables
+            .iter()
+            .map(|(_, t)| t.grad())
+            .filter(Tensor::defined)
+            .collect();
         let total: f64 = grads
             .iter()
             .map(|g| g.square().sum(Kind::Double).double_value(&[]))
@@ -165,7 +170,9 @@ impl Optimizer {
                 let v = &mut self.second[i];
                 let update = match self.kind {
                     OptimizerKind::Adam => {
-                        let _ = v.g_mul_scalar_(cfg.beta2).g_add_(&(g.square() * (1.0 - cfg.beta2)));
+                        let _ = v
+                            .g_mul_scalar_(cfg.beta2)
+                            .g_add_(&(g.square() * (1.0 - cfg.beta2)));
                         let denom = (&*v / bias2).sqrt() + cfg.epsilon;
                         &*m / denom * (lr / bias1)
                     }
@@ -184,8 +191,14 @@ impl Optimizer {
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.variables.len());
         for (i, (name, _)) in self.variables.iter().enumerate() {
-            out.push((format!("{OPTIMIZER_PREFIX}m.{name}"), self.first[i].shallow_clone()));
-            out.push((format!("{OPTIMIZER_PREFIX}v.{name}"), self.second[i].shallow_clone()));
+            out.push((
+                format!("{OPTIMIZER_PREFIX}m.{name}"),
+                self.first[i].shallow_clone(),
+            ));
+            out.push((
+                format!("{OPTIMIZER_PREFIX}v.{name}"),
+                self.second[i].shallow_clone(),
+            ));
         }
         out
     }
@@ -196,7 +209,10 @@ impl Optimizer {
             for (prefix, slot) in [("m", &mut self.first[i]), ("v", &mut self.second[i])] {
                 let key = format!("{OPTIMIZER_PREFIX}{prefix}.{name}");
                 let t = file.extra_tensor(&key, path)?.ok_or_else(|| {
-                    GlowError::checkpoint(path, format!("missing optimizer state `{key}`: not a training checkpoint"))
+                    GlowError::checkpoint(
+                        path,
+                        format!("missing optimizer state `{key}`: not a training checkpoint"),
+                    )
                 })?;
                 tch::no_grad(|| slot.copy_(&t.to_device(slot.device())));
             }
@@ -257,8 +273,15 @@ impl Trainer {
         let state: TrainState = file
             .metadata
             .get(STATE_KEY)
-            .ok_or_else(|| GlowError::checkpoint(path, format!("no `{STATE_KEY}` metadata: not a training checkpoint")))
-            .and_then(|s| serde_json::from_str(s).map_err(|e| GlowError::checkpoint(path, e.to_string())))?;
+            .ok_or_else(|| {
+                GlowError::checkpoint(
+                    path,
+                    format!("no `{STATE_KEY}` metadata: not a training checkpoint"),
+                )
+            })
+            .and_then(|s| {
+                serde_json::from_str(s).map_err(|e| GlowError::checkpoint(path, e.to_string()))
+            })?;
         let mut optimizer = Optimizer::new(&glow, config.optimizer);
         optimizer.load_state(&file, path)?;
         Ok(Trainer {
@@ -277,7 +300,12 @@ impl Trainer {
             self.glow.initialize(images)?;
         }
         let noise = Dequantize::Uniform(noise_seed(self.config.seed, step));
-        let x = preprocess::to_model_input(images, self.glow.config().n_bits, noise, self.glow.device())?;
+        let x = preprocess::to_model_input(
+            images,
+            self.glow.config().n_bits,
+            noise,
+            self.glow.device(),
+        )?;
         self.optimizer.zero_grad();
         let loss = self.glow.bits_per_dim(&x)?.mean(Kind::Float);
         let value = loss.double_value(&[]);
@@ -287,7 +315,10 @@ impl Trainer {
         loss.backward();
         let grad_norm = self.optimizer.clip_grad_norm(self.config.max_grad_norm);
         if !grad_norm.is_finite() {
-            return Err(GlowError::NonFinite { step, value: grad_norm });
+            return Err(GlowError::NonFinite {
+                step,
+                value: grad_norm,
+            });
         }
         let batch = images.size()[0] as u64;
         let lr = learning_rate(&self.config, self.state.images_seen + batch);
@@ -305,15 +336,32 @@ impl Trainer {
     /// Writes a training checkpoint (f32 weights, optimizer, state).
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
         let mut meta = BTreeMap::new();
-        meta.insert(STATE_KEY.to_string(), serde_json::to_string(&self.state).expect("state serializes"));
-        meta.insert(TRAIN_CONFIG_KEY.to_string(), serde_json::to_string(&self.config).expect("config serializes"));
-        checkpoint::save(&self.glow, path, Precision::F32, &self.optimizer.state_tensors(), &meta)
+        meta.insert(
+            STATE_KEY.to_string(),
+            serde_json::to_string(&self.state).expect("state serializes"),
+        );
+        meta.insert(
+            TRAIN_CONFIG_KEY.to_string(),
+            serde_json::to_string(&self.config).expect("config serializes"),
+        );
+        checkpoint::save(
+            &self.glow,
+            path,
+            Precision::F32,
+            &self.optimizer.state_tensors(),
+            &meta,
+        )
     }
 }
 
 /// Mean bits per dimension over `images` (uint8 `[N, 3, S, S]`), in batches,
 /// with dequantization noise drawn from `seed` so the figure is reproducible.
-pub fn evaluate_bits_per_dim(glow: &Glow, images: &Tensor, batch_size: i64, seed: u64) -> Result<f64> {
+pub fn evaluate_bits_per_dim(
+    glow: &Glow,
+    images: &Tensor,
+    batch_size: i64,
+    seed: u64,
+) -> Result<f64> {
     let n = images.size()[0];
     let mut total = 0.0;
     for start in (0..n).step_by(batch_size.max(1) as usize) {
@@ -328,7 +376,13 @@ pub fn evaluate_bits_per_dim(glow: &Glow, images: &Tensor, batch_size: i64, seed
 }
 
 /// Mean bits per dimension over every image of `entries`, streamed.
-pub fn evaluate_entries(glow: &Glow, entries: Vec<Entry>, batch_size: usize, workers: usize, seed: u64) -> Result<(f64, usize)> {
+pub fn evaluate_entries(
+    glow: &Glow,
+    entries: Vec<Entry>,
+    batch_size: usize,
+    workers: usize,
+    seed: u64,
+) -> Result<(f64, usize)> {
     let loader = Loader::new(
         entries,
         LoaderConfig {
@@ -348,7 +402,8 @@ pub fn evaluate_entries(glow: &Glow, entries: Vec<Entry>, batch_size: usize, wor
     let mut count = 0usize;
     for batch in loader {
         let noise = Dequantize::Uniform(noise_seed(seed, batch.batch));
-        let x = preprocess::to_model_input(&batch.images, glow.config().n_bits, noise, glow.device())?;
+        let x =
+            preprocess::to_model_input(&batch.images, glow.config().n_bits, noise, glow.device())?;
         let bpd = tch::no_grad(|| glow.bits_per_dim(&x))?;
         total += bpd.sum(Kind::Double).double_value(&[]);
         count += batch.indices.len();
@@ -447,12 +502,18 @@ pub fn run(
     let base_seconds = trainer.state.train_seconds;
 
     for batch in loader {
-        if stop.load(Ordering::Relaxed) || remaining.is_some_and(|_| trainer.state.images_seen >= cfg.max_images) {
+        if stop.load(Ordering::Relaxed)
+            || remaining.is_some_and(|_| trainer.state.images_seen >= cfg.max_images)
+        {
             break;
         }
         let stats = trainer.step(&batch.images)?;
         let next = batch.batch + 1;
-        (trainer.state.epoch, trainer.state.batch) = if next >= per_epoch { (batch.epoch + 1, 0) } else { (batch.epoch, next) };
+        (trainer.state.epoch, trainer.state.batch) = if next >= per_epoch {
+            (batch.epoch + 1, 0)
+        } else {
+            (batch.epoch, next)
+        };
         trainer.state.train_seconds = base_seconds + session_start.elapsed().as_secs_f64();
         window.add(&stats, batch.indices.len());
         bar.inc(batch.indices.len() as u64);
@@ -515,8 +576,10 @@ impl Window {
 fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
     let bar = match total {
         Some(n) => indicatif::ProgressBar::new(n).with_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images, ETA {eta} | {msg}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} images, ETA {eta} | {msg}",
+            )
+            .expect("valid template"),
         ),
         None => indicatif::ProgressBar::new_spinner().with_style(
             indicatif::ProgressStyle::with_template("{spinner} {pos} images, {elapsed} | {msg}")
@@ -527,7 +590,13 @@ fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
     bar
 }
 
-fn checkpoint_now(trainer: &Trainer, files: &RunFiles, watch: &Watch, window: &mut Window, lr: f64) -> Result<()> {
+fn checkpoint_now(
+    trainer: &Trainer,
+    files: &RunFiles,
+    watch: &Watch,
+    window: &mut Window,
+    lr: f64,
+) -> Result<()> {
     trainer.save_checkpoint(&files.checkpoint())?;
     let glow = &trainer.glow;
     let step = trainer.state.step;
@@ -537,10 +606,18 @@ fn checkpoint_now(trainer: &Trainer, files: &RunFiles, watch: &Watch, window: &m
     if let Some(faces) = &watch.reconstruct {
         let recon = glow.decode_images(&glow.encode_images(faces)?)?;
         let both = Tensor::cat(&[faces.shallow_clone(), recon], 0);
-        save_png(&data::grid(&both, faces.size()[0]), &files.reconstructions(step))?;
+        save_png(
+            &data::grid(&both, faces.size()[0]),
+            &files.reconstructions(step),
+        )?;
     }
     let valid = match &watch.valid {
-        Some(images) => Some(evaluate_bits_per_dim(glow, images, 64, trainer.config.seed)?),
+        Some(images) => Some(evaluate_bits_per_dim(
+            glow,
+            images,
+            64,
+            trainer.config.seed,
+        )?),
         None => None,
     };
     let line = MetricsLine {
@@ -554,7 +631,10 @@ fn checkpoint_now(trainer: &Trainer, files: &RunFiles, watch: &Watch, window: &m
         images_per_second: window.images as f64 / window.start.elapsed().as_secs_f64().max(1e-9),
         train_seconds: trainer.state.train_seconds,
     };
-    append_line(&files.metrics(), &serde_json::to_string(&line).expect("metrics serialize"))?;
+    append_line(
+        &files.metrics(),
+        &serde_json::to_string(&line).expect("metrics serialize"),
+    )?;
     tracing::info!(
         step,
         images_seen = trainer.state.images_seen,
@@ -568,10 +648,11 @@ fn checkpoint_now(trainer: &Trainer, files: &RunFiles, watch: &Watch, window: &m
 
 /// Writes an RGB image as PNG.
 pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<()> {
-    img.save_with_format(path, image::ImageFormat::Png).map_err(|e| GlowError::Data {
-        path: path.into(),
-        message: format!("cannot write PNG: {e}"),
-    })
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| GlowError::Data {
+            path: path.into(),
+            message: format!("cannot write PNG: {e}"),
+        })
 }
 
 fn append_line(path: &Path, line: &str) -> Result<()> {

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use support::*;
 use glow::data::{self, Dataset, Loader, LoaderConfig, Position, Split};
 use glow::train::{self, MetricsLine, OptimizerKind, RunFiles, TrainConfig, Trainer, Watch};
 use glow::{Coupling, Glow};
 use image::RgbImage;
+use support::*;
 use tch::{Kind, Tensor};
 
 /// Writes a small CelebA-style folder: the example faces at full size, a
@@ -38,13 +38,26 @@ fn celeba_like(dir: &Path) -> Vec<String> {
     let partition: String = names
         .iter()
         .enumerate()
-        .map(|(i, n)| format!("{n} {}\n", if i < 12 || i == names.len() - 1 { 0 } else if i < 14 { 1 } else { 2 }))
+        .map(|(i, n)| {
+            format!(
+                "{n} {}\n",
+                if i < 12 || i == names.len() - 1 {
+                    0
+                } else if i < 14 {
+                    1
+                } else {
+                    2
+                }
+            )
+        })
         .collect();
     std::fs::write(dir.join("list_eval_partition.txt"), partition).unwrap();
     let attr_names: Vec<String> = (0..40).map(|a| format!("Attr_{a}")).collect();
     let mut attrs = format!("{}\n{}\n", names.len(), attr_names.join(" "));
     for (i, n) in names.iter().enumerate() {
-        let values: Vec<&str> = (0..40).map(|a| if (i + a) % 3 == 0 { "1" } else { "-1" }).collect();
+        let values: Vec<&str> = (0..40)
+            .map(|a| if (i + a) % 3 == 0 { "1" } else { "-1" })
+            .collect();
         attrs.push_str(&format!("{n} {}\n", values.join(" ")));
     }
     std::fs::write(dir.join("list_attr_celeba.txt"), attrs).unwrap();
@@ -52,21 +65,31 @@ fn celeba_like(dir: &Path) -> Vec<String> {
 }
 
 fn psnr(a: &Tensor, b: &Tensor) -> f64 {
-    let mse = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).square().mean(Kind::Double).double_value(&[]);
+    let mse = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .square()
+        .mean(Kind::Double)
+        .double_value(&[]);
     10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 
 #[test]
 fn both_celeba_sizes_give_the_same_face_crop() {
     let full = image::open(&example_face_paths()[0]).unwrap().to_rgb8();
-    let half: RgbImage = image::imageops::resize(&full, 89, 109, image::imageops::FilterType::Lanczos3);
+    let half: RgbImage =
+        image::imageops::resize(&full, 89, 109, image::imageops::FilterType::Lanczos3);
     let a = data::face_tensor(&full, 64);
     let b = data::face_tensor(&half, 64);
     assert_eq!(a.size(), [3, 64, 64]);
     let p = psnr(&a, &b);
-    assert!(p > 27.0, "the half-size file crops a different face region: PSNR {p:.1} dB");
+    assert!(
+        p > 27.0,
+        "the half-size file crops a different face region: PSNR {p:.1} dB"
+    );
     // A shifted crop of the same photo is much further away.
-    let shifted = data::face_tensor(&image::imageops::crop_imm(&full, 20, 0, 158, 218).to_image(), 64);
+    let shifted = data::face_tensor(
+        &image::imageops::crop_imm(&full, 20, 0, 158, 218).to_image(),
+        64,
+    );
     assert!(psnr(&a, &shifted) < p - 5.0);
 }
 
@@ -100,7 +123,10 @@ fn malformed_label_files_are_named() {
     celeba_like(dir.path());
     std::fs::write(dir.path().join("list_eval_partition.txt"), "000001.jpg 7\n").unwrap();
     let err = Dataset::open(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("list_eval_partition.txt") && err.contains("line 1") && err.contains("`7`"), "{err}");
+    assert!(
+        err.contains("list_eval_partition.txt") && err.contains("line 1") && err.contains("`7`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -119,9 +145,18 @@ fn the_loader_skips_corrupt_files_and_is_deterministic() {
         prefetch: 1,
         epochs: Some(3),
     };
-    let batches: Vec<_> = Loader::new(entries.clone(), config.clone(), Position::default()).unwrap().collect();
-    assert_eq!(batches.len(), 6, "13 images in batches of 5, drop_last: 2 per epoch");
-    let corrupt = entries.iter().position(|e| e.path.to_string_lossy().ends_with("000017.jpg")).unwrap();
+    let batches: Vec<_> = Loader::new(entries.clone(), config.clone(), Position::default())
+        .unwrap()
+        .collect();
+    assert_eq!(
+        batches.len(),
+        6,
+        "13 images in batches of 5, drop_last: 2 per epoch"
+    );
+    let corrupt = entries
+        .iter()
+        .position(|e| e.path.to_string_lossy().ends_with("000017.jpg"))
+        .unwrap();
     let seen: usize = batches.iter().map(|b| b.indices.len()).sum();
     let with_corrupt = batches.iter().filter(|b| b.indices.len() == 4).count();
     assert!(batches.iter().all(|b| !b.indices.contains(&corrupt)));
@@ -129,7 +164,9 @@ fn the_loader_skips_corrupt_files_and_is_deterministic() {
     assert!(batches.iter().all(|b| b.images.size()[1..] == [3, 32, 32]));
 
     // Starting at a later position gives exactly the batches an uninterrupted stream gives there.
-    let resumed: Vec<_> = Loader::new(entries, config, Position { epoch: 1, batch: 1 }).unwrap().collect();
+    let resumed: Vec<_> = Loader::new(entries, config, Position { epoch: 1, batch: 1 })
+        .unwrap()
+        .collect();
     assert_eq!(resumed.len(), 3);
     assert_eq!(resumed[0].indices, batches[3].indices);
     assert!(resumed[0].images.equal(&batches[3].images));
@@ -150,19 +187,30 @@ fn run_config() -> TrainConfig {
 }
 
 fn train_to(dir: &Path, images: u64, resume: bool, watch: &Watch) -> Trainer {
-    let entries = Dataset::open(example_face_paths()[0].parent().unwrap()).unwrap().split(Split::Train);
+    let entries = Dataset::open(example_face_paths()[0].parent().unwrap())
+        .unwrap()
+        .split(Split::Train);
     let cfg = TrainConfig {
         max_images: images,
         ..run_config()
     };
     let glow = Glow::new(&small_config(16, Coupling::Affine), cpu()).unwrap();
-    let files = RunFiles { dir: dir.to_path_buf() };
+    let files = RunFiles {
+        dir: dir.to_path_buf(),
+    };
     let mut trainer = if resume {
         Trainer::resume(glow, cfg, &files.checkpoint()).unwrap()
     } else {
         Trainer::new(glow, cfg, "examples".into())
     };
-    train::run(&mut trainer, entries, &files, watch, Arc::new(AtomicBool::new(false))).unwrap();
+    train::run(
+        &mut trainer,
+        entries,
+        &files,
+        watch,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     trainer
 }
 
@@ -183,7 +231,10 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     assert_eq!(resumed.state.images_seen, 24);
     for (name, v) in straight.glow.var_store().variables() {
         let other = &resumed.glow.var_store().variables()[&name];
-        assert!(max_abs_diff(&v, other) < 1e-6, "{name} differs after resuming");
+        assert!(
+            max_abs_diff(&v, other) < 1e-6,
+            "{name} differs after resuming"
+        );
     }
 
     // Each session appended a metrics line and wrote its pictures.
@@ -194,8 +245,12 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
         .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1].images_seen, 24);
-    assert!(lines.iter().all(|l| l.valid_bits_per_dim.is_some_and(f64::is_finite)));
-    let files = RunFiles { dir: split_dir.path().to_path_buf() };
+    assert!(lines
+        .iter()
+        .all(|l| l.valid_bits_per_dim.is_some_and(f64::is_finite)));
+    let files = RunFiles {
+        dir: split_dir.path().to_path_buf(),
+    };
     let samples = image::open(files.samples(6)).unwrap();
     assert_eq!((samples.width(), samples.height()), (8 * 16, 2 * 16));
     let recon = image::open(files.reconstructions(6)).unwrap();

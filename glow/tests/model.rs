@@ -5,13 +5,13 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use support::*;
 use glow::flow::actnorm::ActNorm;
 use glow::flow::coupling::Coupling as CouplingLayer;
 use glow::flow::invconv::InvConv1x1;
 use glow::preprocess::{self, Dequantize};
 use glow::train::{OptimizerKind, TrainConfig, Trainer};
 use glow::{Coupling, Glow, GlowConfig, GlowError, Permutation, Precision};
+use support::*;
 use tch::{nn, Kind, Tensor};
 
 fn rng() -> glow::flow::InitRng {
@@ -46,12 +46,18 @@ fn fresh_affine_coupling_scales_by_sigmoid_two() {
     let x = Tensor::randn([2, 6, 4, 4], (Kind::Float, cpu()));
     let (y, logdet) = layer.forward(&x, true);
     let scale = 1.0 / (1.0 + (-2.0f64).exp());
-    assert!(y.narrow(1, 0, 3).equal(&x.narrow(1, 0, 3)), "the first half must pass unchanged");
+    assert!(
+        y.narrow(1, 0, 3).equal(&x.narrow(1, 0, 3)),
+        "the first half must pass unchanged"
+    );
     let expected = x.narrow(1, 3, 3) * scale;
     assert!(max_abs_diff(&y.narrow(1, 3, 3), &expected) < 1e-6);
     let want = 3.0 * 16.0 * scale.ln();
     for v in Vec::<f32>::try_from(logdet).unwrap() {
-        assert!((f64::from(v) - want).abs() < 1e-4, "log-det {v}, expected {want}");
+        assert!(
+            (f64::from(v) - want).abs() < 1e-4,
+            "log-det {v}, expected {want}"
+        );
     }
     assert!(max_abs_diff(&layer.reverse(&y), &x) < 1e-6);
 }
@@ -93,7 +99,8 @@ fn check_jacobian(coupling: Coupling, permutation: Permutation) {
         .collect();
     let jacobian = Tensor::stack(&rows, 0);
     let (_, logabsdet) = Tensor::linalg_slogdet(&jacobian);
-    let log_normal = (eps.detach().square() + (2.0 * std::f64::consts::PI).ln()).sum(Kind::Double) * -0.5;
+    let log_normal =
+        (eps.detach().square() + (2.0 * std::f64::consts::PI).ln()).sum(Kind::Double) * -0.5;
     let expected = log_normal.double_value(&[]) + logabsdet.double_value(&[]);
     assert!(
         (model_ll - expected).abs() < 1e-9 * expected.abs().max(1.0),
@@ -122,11 +129,18 @@ fn lu_conv_log_det_is_hw_log_det_w() {
     let (_, logabsdet) = Tensor::linalg_slogdet(&w);
     let hw = 5.0 * 7.0;
     let got = conv.logdet(hw).double_value(&[]);
-    assert!((got - hw * logabsdet.double_value(&[])).abs() < 1e-4, "{got}");
+    assert!(
+        (got - hw * logabsdet.double_value(&[])).abs() < 1e-4,
+        "{got}"
+    );
 
     let x = Tensor::randn([2, 6, 5, 7], (Kind::Float, cpu()));
     let y = conv.forward(&x);
-    let direct = w.to_kind(Kind::Float).matmul(&x.permute([0, 2, 3, 1]).unsqueeze(-1)).squeeze_dim(-1).permute([0, 3, 1, 2]);
+    let direct = w
+        .to_kind(Kind::Float)
+        .matmul(&x.permute([0, 2, 3, 1]).unsqueeze(-1))
+        .squeeze_dim(-1)
+        .permute([0, 3, 1, 2]);
     assert!(max_abs_diff(&y, &direct) < 1e-5);
     assert!(max_abs_diff(&conv.reverse(&y), &x) < 1e-5);
 }
@@ -142,23 +156,46 @@ fn lu_permutation_and_signs_stay_fixed_and_reload_exactly() {
         image_size: 16,
         ..small_config(16, Coupling::Affine)
     };
-    let mut trainer = Trainer::new(Glow::new(&cfg, cpu()).unwrap(), train_config(1e-2), "test".into());
+    let mut trainer = Trainer::new(
+        Glow::new(&cfg, cpu()).unwrap(),
+        train_config(1e-2),
+        "test".into(),
+    );
     trainer.step(&faces).unwrap();
-    let names = ["level0.step0.invconv.p", "level0.step0.invconv.sign_s", "level0.step0.invconv.lower"];
+    let names = [
+        "level0.step0.invconv.p",
+        "level0.step0.invconv.sign_s",
+        "level0.step0.invconv.lower",
+    ];
     let before: Vec<Tensor> = names.iter().map(|n| variable(&trainer.glow, n)).collect();
     for _ in 0..3 {
         trainer.step(&faces).unwrap();
     }
-    assert!(variable(&trainer.glow, names[0]).equal(&before[0]), "the permutation changed");
-    assert!(variable(&trainer.glow, names[1]).equal(&before[1]), "the signs changed");
-    assert!(!variable(&trainer.glow, names[2]).equal(&before[2]), "L did not train");
+    assert!(
+        variable(&trainer.glow, names[0]).equal(&before[0]),
+        "the permutation changed"
+    );
+    assert!(
+        variable(&trainer.glow, names[1]).equal(&before[1]),
+        "the signs changed"
+    );
+    assert!(
+        !variable(&trainer.glow, names[2]).equal(&before[2]),
+        "L did not train"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
-    trainer.glow.save(&path, Precision::F32, &BTreeMap::new()).unwrap();
+    trainer
+        .glow
+        .save(&path, Precision::F32, &BTreeMap::new())
+        .unwrap();
     let loaded = Glow::load(&path, cpu()).unwrap();
     for (name, v) in trainer.glow.var_store().variables() {
-        assert!(variable(&loaded, &name).equal(&v), "{name} differs after reload");
+        assert!(
+            variable(&loaded, &name).equal(&v),
+            "{name} differs after reload"
+        );
     }
     let a = trainer.glow.encode_images(&faces).unwrap();
     let b = loaded.encode_images(&faces).unwrap();
@@ -175,7 +212,10 @@ fn actnorm_initializes_once_from_data() {
     assert!(norm.is_initialized());
     let dims = [0i64, 2, 3];
     let mean = y.mean_dim(dims.as_slice(), false, Kind::Float);
-    let std = (y - &mean.view([1, 4, 1, 1])).square().mean_dim(dims.as_slice(), false, Kind::Float).sqrt();
+    let std = (y - &mean.view([1, 4, 1, 1]))
+        .square()
+        .mean_dim(dims.as_slice(), false, Kind::Float)
+        .sqrt();
     assert!(mean.abs().max().double_value(&[]) < 1e-4, "{mean:?}");
     assert!((std - 1.0).abs().max().double_value(&[]) < 1e-4);
 
@@ -183,7 +223,10 @@ fn actnorm_initializes_once_from_data() {
     let y2 = norm.forward(&other, true);
     let expected = norm.forward(&other, false);
     assert!(y2.equal(&expected));
-    assert!(y2.mean(Kind::Float).abs().double_value(&[]) > 1.0, "the second batch re-initialized ActNorm");
+    assert!(
+        y2.mean(Kind::Float).abs().double_value(&[]) > 1.0,
+        "the second batch re-initialized ActNorm"
+    );
 }
 
 #[test]
@@ -191,7 +234,10 @@ fn loaded_models_never_reinitialize_and_fresh_ones_refuse_to_encode() {
     let faces = example_faces(16);
     let cfg = small_config(16, Coupling::Affine);
     let fresh = Glow::new(&cfg, cpu()).unwrap();
-    assert!(matches!(fresh.encode_images(&faces), Err(GlowError::Uninitialized)));
+    assert!(matches!(
+        fresh.encode_images(&faces),
+        Err(GlowError::Uninitialized)
+    ));
 
     fresh.initialize(&faces).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -208,7 +254,11 @@ fn loaded_models_never_reinitialize_and_fresh_ones_refuse_to_encode() {
 fn round_trip(image_size: i64, coupling: Coupling) {
     let faces = example_faces(image_size);
     let cfg = small_config(image_size, coupling);
-    let mut trainer = Trainer::new(Glow::new(&cfg, cpu()).unwrap(), train_config(2e-3), "test".into());
+    let mut trainer = Trainer::new(
+        Glow::new(&cfg, cpu()).unwrap(),
+        train_config(2e-3),
+        "test".into(),
+    );
     for _ in 0..5 {
         trainer.step(&faces).unwrap();
     }
@@ -217,11 +267,19 @@ fn round_trip(image_size: i64, coupling: Coupling) {
     let enc = tch::no_grad(|| glow.encode(&x)).unwrap();
     let back = tch::no_grad(|| glow.decode(&enc.latents)).unwrap();
     let err = max_abs_diff(&back, &x);
-    assert!(err < 1e-4, "{coupling:?} at {image_size}: decode(encode(x)) off by {err}");
+    assert!(
+        err < 1e-4,
+        "{coupling:?} at {image_size}: decode(encode(x)) off by {err}"
+    );
 
-    let images = glow.decode_images(&glow.encode_images(&faces).unwrap()).unwrap();
+    let images = glow
+        .decode_images(&glow.encode_images(&faces).unwrap())
+        .unwrap();
     let quantized = preprocess::to_images(&x, cfg.n_bits);
-    assert!(images.equal(&quantized), "the images did not come back bin for bin");
+    assert!(
+        images.equal(&quantized),
+        "the images did not come back bin for bin"
+    );
 }
 
 #[test]
@@ -237,7 +295,11 @@ fn decode_inverts_encode_on_faces() {
 fn training_lowers_bits_per_dim() {
     let faces = example_faces(32);
     let cfg = small_config(32, Coupling::Affine);
-    let mut trainer = Trainer::new(Glow::new(&cfg, cpu()).unwrap(), train_config(2e-3), "test".into());
+    let mut trainer = Trainer::new(
+        Glow::new(&cfg, cpu()).unwrap(),
+        train_config(2e-3),
+        "test".into(),
+    );
     let first = trainer.step(&faces).unwrap().bits_per_dim;
     let mut last = first;
     for _ in 0..35 {
@@ -252,11 +314,17 @@ fn training_lowers_bits_per_dim() {
 fn a_nan_stops_training_naming_the_step() {
     let faces = example_faces(16);
     let cfg = small_config(16, Coupling::Affine);
-    let mut trainer = Trainer::new(Glow::new(&cfg, cpu()).unwrap(), train_config(1e-3), "test".into());
+    let mut trainer = Trainer::new(
+        Glow::new(&cfg, cpu()).unwrap(),
+        train_config(1e-3),
+        "test".into(),
+    );
     trainer.step(&faces).unwrap();
     trainer.step(&faces).unwrap();
     tch::no_grad(|| {
-        let _ = trainer.glow.var_store().variables()["top.logs"].shallow_clone().fill_(f64::NAN);
+        let _ = trainer.glow.var_store().variables()["top.logs"]
+            .shallow_clone()
+            .fill_(f64::NAN);
     });
     let err = trainer.step(&faces).unwrap_err();
     assert!(matches!(err, GlowError::NonFinite { step: 3, .. }), "{err}");
@@ -272,7 +340,14 @@ fn a_config_mismatch_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     glow.save(&path, Precision::F16, &BTreeMap::new()).unwrap();
-    let other = Glow::new(&GlowConfig { width: 16, ..cfg.clone() }, cpu()).unwrap();
+    let other = Glow::new(
+        &GlowConfig {
+            width: 16,
+            ..cfg.clone()
+        },
+        cpu(),
+    )
+    .unwrap();
     let file = glow::checkpoint::ModelFile::read(&path).unwrap();
     let err = file.load_into(&other, &path).unwrap_err().to_string();
     assert!(err.contains("width is 32 in the file but 16"), "{err}");

@@ -51,22 +51,43 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let cfg = &preset.model;
     let b = args.batch_size;
-    let images = Tensor::randint(256, [b, cfg.channels, cfg.image_size, cfg.image_size], (Kind::Uint8, tch::Device::Cpu));
+    let images = Tensor::randint(
+        256,
+        [b, cfg.channels, cfg.image_size, cfg.image_size],
+        (Kind::Uint8, tch::Device::Cpu),
+    );
 
-    let mut trainer = Trainer::new(Glow::new(cfg, device)?, TrainConfig { batch_size: b as usize, ..preset.train }, "bench".into());
+    let mut trainer = Trainer::new(
+        Glow::new(cfg, device)?,
+        TrainConfig {
+            batch_size: b as usize,
+            ..preset.train
+        },
+        "bench".into(),
+    );
     trainer.glow.initialize(&images)?;
     let glow = &trainer.glow;
     let x = preprocess::to_model_input(&images, cfg.n_bits, Dequantize::Center, device)?;
     let encode = time(device, args.repeats, || {
-        tch::no_grad(|| glow.encode(&x)).map(|_| ()).map_err(Into::into)
+        tch::no_grad(|| glow.encode(&x))
+            .map(|_| ())
+            .map_err(Into::into)
     })?;
     let z = glow.encode_images(&images)?;
-    let decode = time(device, args.repeats, || glow.decode_images(&z).map(|_| ()).map_err(Into::into))?;
-    let step = time(device, args.repeats, || trainer.step(&images).map(|_| ()).map_err(Into::into))?;
+    let decode = time(device, args.repeats, || {
+        glow.decode_images(&z).map(|_| ()).map_err(Into::into)
+    })?;
+    let step = time(device, args.repeats, || {
+        trainer.step(&images).map(|_| ()).map_err(Into::into)
+    })?;
 
     let flops = cfg.flops_per_image();
     let per_image = |s: f64| s / b as f64;
-    println!("config {} on {} (batch {b})", args.config, glow::device::describe(device));
+    println!(
+        "config {} on {} (batch {b})",
+        args.config,
+        glow::device::describe(device)
+    );
     println!("parameters: {}", trainer.glow.parameter_count());
     println!("forward FLOPs per image: {:.3} GFLOP", flops / 1e9);
     println!(

@@ -52,12 +52,13 @@ pub fn load_preset(name_or_path: &str) -> Result<Preset> {
         Path::new("configs").join(format!("{name_or_path}.toml")),
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../configs/{name_or_path}.toml")),
     ];
-    let path = candidates
-        .iter()
-        .find(|p| p.is_file())
-        .with_context(|| format!("no config file or preset named `{name_or_path}` (looked in configs/)"))?;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let preset: Preset = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
+    let path = candidates.iter().find(|p| p.is_file()).with_context(|| {
+        format!("no config file or preset named `{name_or_path}` (looked in configs/)")
+    })?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let preset: Preset =
+        toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
     preset.model.validate()?;
     Ok(preset)
 }

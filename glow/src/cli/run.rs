@@ -67,7 +67,12 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     let glow = Glow::load(&args.model, args.device.resolve()?)?;
     let images = glow.decode_images(&glow.sample_latents(args.n, args.temperature, args.seed))?;
     train::save_png(&data::grid(&images, args.cols.max(1)), &args.out)?;
-    println!("wrote {} ({} samples at T = {})", args.out.display(), args.n, args.temperature);
+    println!(
+        "wrote {} ({} samples at T = {})",
+        args.out.display(),
+        args.n,
+        args.temperature
+    );
     Ok(())
 }
 
@@ -95,12 +100,25 @@ pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
     let faces = tch::Tensor::stack(&faces, 0);
     let z = glow.encode_images(&faces)?;
     let back = glow.decode_images(&z)?;
-    let differing = faces.ne_tensor(&back).to_kind(Kind::Int64).sum(Kind::Int64).int64_value(&[]);
+    let differing = faces
+        .ne_tensor(&back)
+        .to_kind(Kind::Int64)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
     let quantized = glow::preprocess::to_images(
-        &glow::preprocess::to_model_input(&faces, glow.config().n_bits, glow::preprocess::Dequantize::Center, tch::Device::Cpu)?,
+        &glow::preprocess::to_model_input(
+            &faces,
+            glow.config().n_bits,
+            glow::preprocess::Dequantize::Center,
+            tch::Device::Cpu,
+        )?,
         glow.config().n_bits,
     );
-    let mismatches = quantized.ne_tensor(&back).to_kind(Kind::Int64).sum(Kind::Int64).int64_value(&[]);
+    let mismatches = quantized
+        .ne_tensor(&back)
+        .to_kind(Kind::Int64)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
     let both = tch::Tensor::cat(&[quantized, back], 0);
     train::save_png(&data::grid(&both, faces.size()[0]), &args.out)?;
     println!(
@@ -123,7 +141,10 @@ pub struct InfoArgs {
 
 pub fn info(args: InfoArgs) -> Result<()> {
     let file = ModelFile::read(&args.model)?;
-    println!("{}", serde_json::to_string_pretty(&file.config).context("config")?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&file.config).context("config")?
+    );
     for (k, v) in &file.metadata {
         if k != glow::checkpoint::CONFIG_KEY {
             println!("{k}: {v}");

@@ -53,7 +53,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let dataset = Dataset::open(&args.data)?;
     let entries = dataset.split(Split::Train);
-    let files = RunFiles { dir: args.run.clone() };
+    let files = RunFiles {
+        dir: args.run.clone(),
+    };
     let glow = Glow::with_seed(&preset.model, device, config.seed)?;
     let mut trainer = if args.resume {
         Trainer::resume(glow, config, &files.checkpoint())
@@ -65,7 +67,15 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 files.checkpoint().display()
             );
         }
-        Trainer::new(glow, config, format!("{} (train split, {} images)", args.data.display(), entries.len()))
+        Trainer::new(
+            glow,
+            config,
+            format!(
+                "{} (train split, {} images)",
+                args.data.display(),
+                entries.len()
+            ),
+        )
     };
     tracing::info!(
         images = entries.len(),
@@ -75,8 +85,16 @@ pub fn train(args: TrainArgs) -> Result<()> {
     );
 
     let eval_count = trainer.config.eval_images;
-    let valid: Vec<_> = dataset.split(Split::Valid).into_iter().take(eval_count).collect();
-    let test: Vec<_> = dataset.split(Split::Test).into_iter().take(RECONSTRUCTED_FACES).collect();
+    let valid: Vec<_> = dataset
+        .split(Split::Valid)
+        .into_iter()
+        .take(eval_count)
+        .collect();
+    let test: Vec<_> = dataset
+        .split(Split::Test)
+        .into_iter()
+        .take(RECONSTRUCTED_FACES)
+        .collect();
     let size = preset.model.image_size;
     let watch = Watch {
         valid: (!valid.is_empty() && dataset.entries.iter().any(|e| e.split.is_some()))

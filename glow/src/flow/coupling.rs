@@ -13,8 +13,8 @@
 use tch::{nn, Tensor};
 
 use super::actnorm::ActNorm;
-use super::{gaussian, sum_per_sample, InitRng};
 use super::zeroconv::ZeroConv2d;
+use super::{gaussian, sum_per_sample, InitRng};
 use crate::config::Coupling as Kind;
 
 /// The affine scale is `sigmoid(h + SCALE_SHIFT)`: about 0.88 at `h = 0`, so
@@ -35,7 +35,13 @@ struct CouplingNet {
 }
 
 impl CouplingNet {
-    fn new(p: &nn::Path, in_channels: i64, width: i64, out_channels: i64, rng: &mut InitRng) -> Self {
+    fn new(
+        p: &nn::Path,
+        in_channels: i64,
+        width: i64,
+        out_channels: i64,
+        rng: &mut InitRng,
+    ) -> Self {
         let device = p.device();
         let conv1 = gaussian(rng, &[width, in_channels, 3, 3], INIT_STD).to_device(device);
         let conv2 = gaussian(rng, &[width, width, 1, 1], INIT_STD).to_device(device);

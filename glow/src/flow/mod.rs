@@ -33,7 +33,8 @@ const LN_2PI: f64 = 1.837_877_066_409_345_5;
 
 /// Sums over all but the batch dimension: `[B, ...] -> [B]`.
 pub fn sum_per_sample(x: &Tensor) -> Tensor {
-    x.flatten(1, -1).sum_dim_intlist([1].as_slice(), false, None::<Kind>)
+    x.flatten(1, -1)
+        .sum_dim_intlist([1].as_slice(), false, None::<Kind>)
 }
 
 /// `log N(x; mean, exp(logs)^2)` summed per sample: `[B]`.

@@ -33,8 +33,9 @@ mod tests {
         assert_eq!(y.size(), [2, 12, 2, 2]);
         assert!(unsqueeze(&y).equal(&x));
         // The top-left output pixel of channel 0 holds the top-left 2x2 block.
-        let block: Vec<f32> = Vec::try_from(y.select(0, 0).narrow(0, 0, 4).select(1, 0).select(1, 0))
-            .expect("floats");
+        let block: Vec<f32> =
+            Vec::try_from(y.select(0, 0).narrow(0, 0, 4).select(1, 0).select(1, 0))
+                .expect("floats");
         assert_eq!(block, vec![0.0, 1.0, 4.0, 5.0]);
     }
 }

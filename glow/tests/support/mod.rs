@@ -17,7 +17,11 @@ pub fn example_face_paths() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 8, "expected example faces in {}", dir.display());
+    assert!(
+        paths.len() >= 8,
+        "expected example faces in {}",
+        dir.display()
+    );
     paths
 }
 
