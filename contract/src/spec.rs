@@ -678,7 +678,12 @@ impl JobSpec {
     /// so a document from a newer version is rejected for its version rather
     /// than for a field this build does not know.
     pub fn from_json(text: &str) -> Result<Self, SpecError> {
-        let value: serde_json::Value = serde_json::from_str(text)?;
+        Self::from_value(serde_json::from_str(text)?)
+    }
+
+    /// Validates a spec already parsed as JSON (as it arrives inside a
+    /// queue message), checking the version first like [`JobSpec::from_json`].
+    pub fn from_value(value: serde_json::Value) -> Result<Self, SpecError> {
         match value.get("version").and_then(serde_json::Value::as_u64) {
             None => return Err(SpecError::MissingVersion),
             Some(v) if v != u64::from(SPEC_VERSION) => {
@@ -963,6 +968,11 @@ mod tests {
             Err(SpecError::UnsupportedVersion { found: 2 })
         ));
         assert!(message(parse(newer)).contains("version 2 is not supported"));
+        let value: serde_json::Value = serde_json::from_str(newer).unwrap();
+        assert!(matches!(
+            JobSpec::from_value(value),
+            Err(SpecError::UnsupportedVersion { found: 2 })
+        ));
         assert!(matches!(
             parse(r#"{"operation": {"kind": "sample", "count": 1, "temperature": 0.7}}"#),
             Err(SpecError::MissingVersion)
