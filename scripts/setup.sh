@@ -35,3 +35,17 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
     echo "setup: installing torch==$TORCH_VERSION into .venv (a large download, once)"
     .venv/bin/pip install --quiet --progress-bar off "torch==$TORCH_VERSION"
 fi
+
+# The face detector for automatic alignment (MTCNN): its weights ship inside
+# facenet-pytorch's wheel. --no-deps keeps pip from replacing the pinned torch
+# with the older one the package names; only the weight files are used, and
+# they are converted once to safetensors for tch.
+FACENET_PYTORCH_VERSION=2.6.0
+DETECTOR_WEIGHTS=models/mtcnn.safetensors
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('facenet-pytorch') != '$FACENET_PYTORCH_VERSION')" 2>/dev/null; then
+    echo "setup: installing facenet-pytorch==$FACENET_PYTORCH_VERSION (MTCNN's weights) into .venv"
+    .venv/bin/pip install --quiet --progress-bar off --no-deps "facenet-pytorch==$FACENET_PYTORCH_VERSION"
+fi
+if [ ! -f "$DETECTOR_WEIGHTS" ] || [ scripts/convert_mtcnn.py -nt "$DETECTOR_WEIGHTS" ]; then
+    .venv/bin/python scripts/convert_mtcnn.py "$DETECTOR_WEIGHTS"
+fi

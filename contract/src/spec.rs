@@ -3,7 +3,8 @@
 //!
 //! A spec names its `version` (currently [`SPEC_VERSION`]), one
 //! [`Operation`] (edit, edit sweep, mix, mix sweep, morph chain, nine-way
-//! morph or sample), the [`OutputOptions`] and a seed. Faces are referenced
+//! morph or sample), the [`OutputOptions`], the [`AlignmentOptions`] (skip
+//! face alignment, or pick a face in a group photo) and a seed. Faces are referenced
 //! by opaque strings: a path relative to the spec file when rendering
 //! locally, an object key when a worker resolves it; resolving them is the
 //! caller's business, never this crate's. Every number is bounded and every
@@ -149,6 +150,9 @@ pub const MAX_TEMPERATURE: f64 = 2.0;
 pub const MAX_SAMPLES: u32 = 64;
 /// Most columns of a contact sheet, matching the most tiles it can hold.
 pub const MAX_SHEET_COLUMNS: u32 = 64;
+/// Highest face number a spec may pick in a photo: in a group of more than
+/// a hundred detected faces each is too small to be worth editing.
+pub const MAX_FACE_INDEX: u32 = 99;
 
 /// Where a name given in a spec points in the direction table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,6 +330,20 @@ pub enum SpecError {
         kind: &'static str,
     },
 
+    /// A face was picked in photos the spec says not to align.
+    #[error(
+        "alignment.faces picks faces, but alignment.skip is true; a face can \
+         only be picked in a photo that is aligned"
+    )]
+    FaceChoiceWithoutAlignment,
+
+    /// A face was picked in a photo the operation does not use.
+    #[error("{field}: the operation has no input by that name; pick faces only in its inputs")]
+    FaceChoiceForUnknownInput {
+        /// Where in the spec the choice appears.
+        field: String,
+    },
+
     /// The whole job, loop included, would render too many frames.
     #[error(
         "the {kind} job would render {frames} frames (loop included); at most \
@@ -356,6 +374,36 @@ pub struct JobSpec {
     /// and seed give byte-identical PNGs.
     #[serde(default)]
     pub seed: u64,
+    /// Whether input photos are aligned, and which face of a group photo
+    /// to use; by default every photo is aligned on its largest face.
+    #[serde(default, skip_serializing_if = "AlignmentOptions::is_default")]
+    pub alignment: AlignmentOptions,
+}
+
+/// How input photos are brought to the framing the model was trained on.
+///
+/// By default the renderer finds the faces in each photo and warps the
+/// largest one to the training framing. A photo with several faces can name
+/// another one; faces are numbered from 0, left to right (by the centre of
+/// each face), as the render report lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlignmentOptions {
+    /// Take the photos as already aligned (CelebA's aligned crops, or the
+    /// output of an earlier job) and only crop them: no face detection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip: bool,
+    /// Input reference to the number of the face to use in that photo.
+    /// Photos not listed use their largest face.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub faces: BTreeMap<String, u32>,
+}
+
+impl AlignmentOptions {
+    /// Whether these are the defaults (written nowhere in a spec's JSON).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// The operations Glowline renders. Each face is an opaque input reference.
@@ -724,6 +772,11 @@ impl JobSpec {
         }
     }
 
+    /// The face to use in the photo `reference`: `None` for the largest.
+    pub fn face_choice(&self, reference: &str) -> Option<u32> {
+        self.alignment.faces.get(reference).copied()
+    }
+
     /// Frames of the played animation: the rendered frames, and with
     /// looping, the way back and the two holds. For still results, the
     /// number of images.
@@ -745,7 +798,24 @@ impl JobSpec {
             });
         }
         self.operation.validate()?;
+        self.validate_alignment()?;
         self.validate_output()
+    }
+
+    fn validate_alignment(&self) -> Result<(), SpecError> {
+        let alignment = &self.alignment;
+        if alignment.skip && !alignment.faces.is_empty() {
+            return Err(SpecError::FaceChoiceWithoutAlignment);
+        }
+        let inputs = self.inputs();
+        for (reference, &index) in &alignment.faces {
+            let field = format!("alignment.faces.{reference}");
+            if !inputs.contains(&reference.as_str()) {
+                return Err(SpecError::FaceChoiceForUnknownInput { field });
+            }
+            check_count(&field, index, 0, MAX_FACE_INDEX)?;
+        }
+        Ok(())
     }
 
     fn validate_output(&self) -> Result<(), SpecError> {
@@ -1180,5 +1250,48 @@ mod tests {
                 playback_len(n as u64, hold)
             );
         }
+    }
+
+    #[test]
+    fn alignment_defaults_to_on_and_stays_out_of_the_json() {
+        let spec = parse(&edit(r#"{"smiling": 1.0}"#)).unwrap();
+        assert!(!spec.alignment.skip);
+        assert_eq!(spec.face_choice("a.jpg"), None);
+        assert!(!spec.to_json().contains("alignment"));
+    }
+
+    #[test]
+    fn alignment_can_be_skipped_or_pick_a_face() {
+        let skip = r#"{"version": 1, "operation": {"kind": "edit", "input": "a.jpg",
+            "attributes": {"smiling": 1.0}}, "alignment": {"skip": true}}"#;
+        assert!(parse(skip).unwrap().alignment.skip);
+
+        let pick = r#"{"version": 1, "operation": {"kind": "mix", "from": "group.jpg",
+            "to": "b.jpg", "alpha": 0.5}, "alignment": {"faces": {"group.jpg": 2}}}"#;
+        let spec = parse(pick).unwrap();
+        assert_eq!(spec.face_choice("group.jpg"), Some(2));
+        assert_eq!(spec.face_choice("b.jpg"), None);
+        assert_eq!(JobSpec::from_json(&spec.to_json()).unwrap(), spec);
+    }
+
+    #[test]
+    fn rejects_bad_face_choices() {
+        let with = |alignment: &str| {
+            format!(
+                r#"{{"version": 1, "operation": {{"kind": "edit", "input": "a.jpg",
+                "attributes": {{"smiling": 1.0}}}}, "alignment": {alignment}}}"#
+            )
+        };
+        let unknown = message(parse(&with(r#"{"faces": {"b.jpg": 0}}"#)));
+        assert!(
+            unknown.contains("alignment.faces.b.jpg: the operation has no input"),
+            "{unknown}"
+        );
+        let contradictory = message(parse(&with(r#"{"skip": true, "faces": {"a.jpg": 1}}"#)));
+        assert!(contradictory.contains("alignment.skip is true"), "{contradictory}");
+        let huge = message(parse(&with(r#"{"faces": {"a.jpg": 1000}}"#)));
+        assert!(huge.contains("alignment.faces.a.jpg is 1000"), "{huge}");
+        let typo = message(parse(&with(r#"{"skipp": true}"#)));
+        assert!(typo.contains("unknown field `skipp`"), "{typo}");
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use contract::spec::{Format, JobSpec, Operation, OutputOptions, SPEC_VERSION};
+use contract::spec::{AlignmentOptions, Format, JobSpec, Operation, OutputOptions, SPEC_VERSION};
 use glow::render::{sha256_file, NoHooks, RenderConfig, Renderer};
 use glow::{Glow, GlowConfig};
 use tch::{Device, Tensor};
@@ -95,6 +95,7 @@ fn main() -> Result<()> {
             ..OutputOptions::default()
         },
         seed: 0,
+        alignment: AlignmentOptions::default(),
     };
     let renderer = Renderer::new(&model, sha256, None, RenderConfig::default());
     let inputs = glow::render::DirInputs::new(&args.faces);

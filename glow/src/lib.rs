@@ -10,6 +10,7 @@
 //! faces, morph videos and samples. Nothing here knows about queues,
 //! databases or object stores.
 
+pub mod align;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

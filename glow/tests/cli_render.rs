@@ -134,7 +134,8 @@ fn directions_then_an_edit_from_the_command_line() {
     std::fs::write(
         root.join("job/edit.json"),
         r#"{"version": 1, "operation": {"kind": "edit", "input": "face.jpg",
-            "attributes": {"smiling": 1.0, "age": 0.5}}, "output": {"size": 48}}"#,
+            "attributes": {"smiling": 1.0, "age": 0.5}}, "output": {"size": 48},
+            "alignment": {"skip": true}}"#,
     )
     .unwrap();
     let out = glow(

@@ -94,16 +94,24 @@ impl Client {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.config.scheduler_url.trim_end_matches('/'), path)
+        format!(
+            "{}{}",
+            self.config.scheduler_url.trim_end_matches('/'),
+            path
+        )
     }
 
     /// Reads the spec at `path`, uploads its local inputs (relative to the
     /// spec's folder) and rewrites them to their S3 keys.
     pub async fn prepare(&self, path: &Path) -> anyhow::Result<JobSpec> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading spec {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading spec {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        self.prepare_spec(JobSpec::from_json(&text).with_context(|| format!("spec {}", path.display()))?, base)
-            .await
+        self.prepare_spec(
+            JobSpec::from_json(&text).with_context(|| format!("spec {}", path.display()))?,
+            base,
+        )
+        .await
     }
 
     /// Uploads the local inputs of `spec` (relative to `base`) and rewrites
@@ -118,7 +126,10 @@ impl Client {
             let local = base.join(&reference);
             let name = local
                 .file_name()
-                .map(|n| n.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_"))
+                .map(|n| {
+                    n.to_string_lossy()
+                        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_")
+                })
                 .unwrap_or_else(|| "input".into());
             let key = format!("{folder}{index}-{name}");
             self.store
@@ -138,12 +149,22 @@ impl Client {
     }
 
     /// Submits `spec` (inputs already in S3); returns the job id.
-    pub async fn submit(&self, spec: &JobSpec, options: &SubmitOptions, via: Via) -> anyhow::Result<Uuid> {
+    pub async fn submit(
+        &self,
+        spec: &JobSpec,
+        options: &SubmitOptions,
+        via: Via,
+    ) -> anyhow::Result<Uuid> {
         let request = SubmitRequest {
             spec: serde_json::to_value(spec)?,
             // A key even when none was given: a retried publish then
             // returns the same job instead of making a second one.
-            idempotency_key: Some(options.idempotency_key.clone().unwrap_or_else(|| Uuid::new_v4().to_string())),
+            idempotency_key: Some(
+                options
+                    .idempotency_key
+                    .clone()
+                    .unwrap_or_else(|| Uuid::new_v4().to_string()),
+            ),
             priority: options.priority,
             deadline_secs: options.deadline_secs,
         };
@@ -168,7 +189,14 @@ impl Client {
             )
             .await?;
         let properties = jobs::broker::json_properties().with_reply_to(REPLY_TO.into());
-        jobs::broker::publish_confirmed(&channel, JOBS_EXCHANGE, SUBMIT_QUEUE, &serde_json::to_vec(request)?, properties).await?;
+        jobs::broker::publish_confirmed(
+            &channel,
+            JOBS_EXCHANGE,
+            SUBMIT_QUEUE,
+            &serde_json::to_vec(request)?,
+            properties,
+        )
+        .await?;
 
         let reply = tokio::time::timeout(REPLY_TIMEOUT, replies.next())
             .await
@@ -182,25 +210,48 @@ impl Client {
     }
 
     async fn submit_over_http(&self, request: &SubmitRequest) -> anyhow::Result<Uuid> {
-        let response = self.http.post(self.url("/v1/jobs")).json(request).send().await?;
+        let response = self
+            .http
+            .post(self.url("/v1/jobs"))
+            .json(request)
+            .send()
+            .await?;
         let body: serde_json::Value = checked(response).await?;
         Ok(serde_json::from_value::<Job>(body["job"].clone())?.id)
     }
 
     /// The job `id`.
     pub async fn job(&self, id: Uuid) -> anyhow::Result<Job> {
-        checked(self.http.get(self.url(&format!("/v1/jobs/{id}"))).send().await?).await
+        checked(
+            self.http
+                .get(self.url(&format!("/v1/jobs/{id}")))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Jobs matching the `query` string (`status=running&limit=10`).
     pub async fn list(&self, query: &str) -> anyhow::Result<Vec<Job>> {
-        let body: serde_json::Value = checked(self.http.get(self.url(&format!("/v1/jobs?{query}"))).send().await?).await?;
+        let body: serde_json::Value = checked(
+            self.http
+                .get(self.url(&format!("/v1/jobs?{query}")))
+                .send()
+                .await?,
+        )
+        .await?;
         Ok(serde_json::from_value(body["jobs"].clone())?)
     }
 
     /// Cancels job `id`; returns the scheduler's outcome word.
     pub async fn cancel(&self, id: Uuid) -> anyhow::Result<String> {
-        let body: serde_json::Value = checked(self.http.post(self.url(&format!("/v1/jobs/{id}/cancel"))).send().await?).await?;
+        let body: serde_json::Value = checked(
+            self.http
+                .post(self.url(&format!("/v1/jobs/{id}/cancel")))
+                .send()
+                .await?,
+        )
+        .await?;
         Ok(body["outcome"].as_str().unwrap_or_default().to_owned())
     }
 
@@ -229,8 +280,13 @@ impl Client {
         let prefix = contract::queue::output_prefix(&job.id.to_string());
         let mut written = Vec::new();
         for key in &job.output_keys {
-            let relative = key.strip_prefix(&prefix).context("output key outside the job's prefix")?;
-            if relative.split('/').any(|part| part == ".." || part.is_empty()) {
+            let relative = key
+                .strip_prefix(&prefix)
+                .context("output key outside the job's prefix")?;
+            if relative
+                .split('/')
+                .any(|part| part == ".." || part.is_empty())
+            {
                 bail!("refusing output key {key:?}");
             }
             let path = dir.join(relative);
@@ -245,10 +301,20 @@ impl Client {
 
     /// Submits a batch: `manifest` has one spec per line (inputs relative to
     /// `base`); returns the batch id and its job ids.
-    pub async fn submit_batch(&self, manifest: &str, base: &Path, label: Option<&str>) -> anyhow::Result<(Uuid, Vec<Uuid>)> {
+    pub async fn submit_batch(
+        &self,
+        manifest: &str,
+        base: &Path,
+        label: Option<&str>,
+    ) -> anyhow::Result<(Uuid, Vec<Uuid>)> {
         let mut lines = Vec::new();
-        for (number, line) in manifest.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let spec = JobSpec::from_json(line).with_context(|| format!("manifest line {}", number + 1))?;
+        for (number, line) in manifest
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let spec = JobSpec::from_json(line)
+                .with_context(|| format!("manifest line {}", number + 1))?;
             let spec = self.prepare_spec(spec, base).await?;
             let request = SubmitRequest {
                 spec: serde_json::to_value(&spec)?,
@@ -258,7 +324,10 @@ impl Client {
             };
             lines.push(serde_json::to_string(&request)?);
         }
-        let mut request = self.http.post(self.url("/v1/batches")).body(lines.join("\n"));
+        let mut request = self
+            .http
+            .post(self.url("/v1/batches"))
+            .body(lines.join("\n"));
         if let Some(label) = label {
             request = request.query(&[("label", label)]);
         }
@@ -271,7 +340,13 @@ impl Client {
 
     /// The status of batch `id`.
     pub async fn batch(&self, id: Uuid) -> anyhow::Result<BatchStatus> {
-        checked(self.http.get(self.url(&format!("/v1/batches/{id}"))).send().await?).await
+        checked(
+            self.http
+                .get(self.url(&format!("/v1/batches/{id}")))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Waits until every job of batch `id` finished.
@@ -315,7 +390,10 @@ async fn checked<T: serde::de::DeserializeOwned>(response: reqwest::Response) ->
     let status = response.status();
     if !status.is_success() {
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        bail!("scheduler answered {status}: {}", body["error"].as_str().unwrap_or("no reason given"));
+        bail!(
+            "scheduler answered {status}: {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        );
     }
     Ok(response.json().await?)
 }
@@ -323,7 +401,9 @@ async fn checked<T: serde::de::DeserializeOwned>(response: reqwest::Response) ->
 /// Rewrites every input reference of `operation` with `rename`.
 fn map_inputs(operation: &mut Operation, mut rename: impl FnMut(&str) -> String) {
     match operation {
-        Operation::Edit { input, .. } | Operation::EditSweep { input, .. } => *input = rename(input),
+        Operation::Edit { input, .. } | Operation::EditSweep { input, .. } => {
+            *input = rename(input)
+        }
         Operation::Mix { from, to, .. } | Operation::MixSweep { from, to, .. } => {
             *from = rename(from);
             *to = rename(to);
@@ -334,5 +414,17 @@ fn map_inputs(operation: &mut Operation, mut rename: impl FnMut(&str) -> String)
             targets.iter_mut().for_each(|t| *t = rename(t));
         }
         Operation::Sample { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/glowctl.toml");
+        let config: ClientConfig = jobs::config::load(Some(&path), "GLOWCTL_UNUSED").unwrap();
+        assert_eq!(config.scheduler_url, ClientConfig::default().scheduler_url);
     }
 }

@@ -78,9 +78,21 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::new(config, jobs::s3::credentials_from_env()?);
 
     match args.command {
-        Command::Submit { spec, via, no_wait, out, idempotency_key, priority, deadline_secs } => {
+        Command::Submit {
+            spec,
+            via,
+            no_wait,
+            out,
+            idempotency_key,
+            priority,
+            deadline_secs,
+        } => {
             let prepared = client.prepare(&spec).await?;
-            let options = SubmitOptions { idempotency_key, priority, deadline_secs };
+            let options = SubmitOptions {
+                idempotency_key,
+                priority,
+                deadline_secs,
+            };
             let id = client.submit(&prepared, &options, via).await?;
             println!("{id}");
             if no_wait {
@@ -96,27 +108,52 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Status { id } => print_json(&client.job(id).await?)?,
-        Command::List { status, kind, batch, limit } => {
+        Command::List {
+            status,
+            kind,
+            batch,
+            limit,
+        } => {
             let mut query = format!("limit={limit}");
-            for (name, value) in [("status", status), ("kind", kind), ("batch_id", batch.map(|b| b.to_string()))] {
+            for (name, value) in [
+                ("status", status),
+                ("kind", kind),
+                ("batch_id", batch.map(|b| b.to_string())),
+            ] {
                 if let Some(value) = value {
                     query.push_str(&format!("&{name}={value}"));
                 }
             }
             for job in client.list(&query).await? {
-                println!("{}  {:<10} {:<15} {:>4.0}%  {}", job.id, job.status, job.kind, job.progress * 100.0, job.created_at);
+                println!(
+                    "{}  {:<10} {:<15} {:>4.0}%  {}",
+                    job.id,
+                    job.status,
+                    job.kind,
+                    job.progress * 100.0,
+                    job.created_at
+                );
             }
         }
         Command::Cancel { id } => println!("{}", client.cancel(id).await?),
-        Command::Batch { manifest, label, no_wait } => {
-            let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+        Command::Batch {
+            manifest,
+            label,
+            no_wait,
+        } => {
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("reading {}", manifest.display()))?;
             let base = manifest.parent().unwrap_or(std::path::Path::new("."));
             let (batch, jobs) = client.submit_batch(&text, base, label.as_deref()).await?;
             println!("{batch} ({} jobs)", jobs.len());
             if !no_wait {
                 let status = client.wait_batch(batch, true).await?;
                 print_json(&status)?;
-                anyhow::ensure!(status.status == "succeeded", "batch {batch} {}", status.status);
+                anyhow::ensure!(
+                    status.status == "succeeded",
+                    "batch {batch} {}",
+                    status.status
+                );
             }
         }
         Command::BatchStatus { id } => print_json(&client.batch(id).await?)?,

@@ -73,15 +73,24 @@ fn queue_arguments(config: &BrokerConfig) -> FieldTable {
     );
     match config.queue_type {
         QueueType::Quorum => {
-            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
             args.insert(
                 "x-delivery-limit".into(),
                 AMQPValue::LongInt(config.delivery_limit as i32),
             );
         }
         QueueType::Classic => {
-            args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
-            args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(MAX_PRIORITY));
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("classic".into()),
+            );
+            args.insert(
+                "x-max-priority".into(),
+                AMQPValue::ShortShortUInt(MAX_PRIORITY),
+            );
         }
     }
     args
@@ -99,10 +108,20 @@ pub async fn declare_topology(channel: &Channel, config: &BrokerConfig) -> Resul
         ..Default::default()
     };
     channel
-        .exchange_declare(JOBS_EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .exchange_declare(
+            JOBS_EXCHANGE.into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(EVENTS_EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .exchange_declare(
+            EVENTS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
         .exchange_declare(
@@ -118,7 +137,11 @@ pub async fn declare_topology(channel: &Channel, config: &BrokerConfig) -> Resul
         ..Default::default()
     };
     channel
-        .queue_declare(DEAD_LETTER_QUEUE.into(), durable_queue, FieldTable::default())
+        .queue_declare(
+            DEAD_LETTER_QUEUE.into(),
+            durable_queue,
+            FieldTable::default(),
+        )
         .await?;
     channel
         .queue_bind(
@@ -186,7 +209,13 @@ pub async fn publish_confirmed(
         ..Default::default()
     };
     let confirm = channel
-        .basic_publish(exchange.into(), routing_key.into(), options, payload, properties)
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            payload,
+            properties,
+        )
         .await?
         .await?;
     let refused = |reason: String| BrokerError::NotConfirmed {

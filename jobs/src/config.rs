@@ -224,10 +224,9 @@ mod tests {
 
     #[test]
     fn environment_overrides_nested_keys_and_keeps_string_types() {
-        let mut root: toml::Table = toml::from_str(
-            "[database]\nurl = 'postgres://a'\nschema = 'x'\n[s3]\nbucket = 'b'\n",
-        )
-        .unwrap();
+        let mut root: toml::Table =
+            toml::from_str("[database]\nurl = 'postgres://a'\nschema = 'x'\n[s3]\nbucket = 'b'\n")
+                .unwrap();
         let vars = [
             ("APP__DATABASE__MAX_CONNECTIONS".to_owned(), "3".to_owned()),
             ("APP__S3__BUCKET".to_owned(), "123".to_owned()),

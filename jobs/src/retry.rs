@@ -95,10 +95,15 @@ mod tests {
     async fn permanent_errors_are_not_retried() {
         let mut calls = 0;
         let result: Result<(), String> = Backoff::default()
-            .retry("test", &Shutdown::new(), |_| false, || {
-                calls += 1;
-                async { Err("bad".to_owned()) }
-            })
+            .retry(
+                "test",
+                &Shutdown::new(),
+                |_| false,
+                || {
+                    calls += 1;
+                    async { Err("bad".to_owned()) }
+                },
+            )
             .await;
         assert!(result.is_err());
         assert_eq!(calls, 1);

@@ -47,7 +47,13 @@ pub enum S3Error {
 impl S3Error {
     /// Whether a retry may help (the store was unreachable or overloaded).
     pub fn is_transient(&self) -> bool {
-        matches!(self, S3Error::Request { transient: true, .. })
+        matches!(
+            self,
+            S3Error::Request {
+                transient: true,
+                ..
+            }
+        )
     }
 }
 
@@ -165,7 +171,13 @@ impl Store {
         {
             return Ok(());
         }
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(error)
                 if matches!(
@@ -181,7 +193,14 @@ impl Store {
 
     /// Size of object `key`, or `None` if it does not exist.
     pub async fn size(&self, key: &str) -> Result<Option<u64>, S3Error> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
             Err(error) => Err(request_error("head", key, error)),
@@ -200,7 +219,11 @@ impl Store {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| request_error("list", prefix, e))?;
-            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
         }
         keys.sort();
         Ok(keys)
@@ -208,10 +231,19 @@ impl Store {
 
     /// The whole object `key`.
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, S3Error> {
-        let object = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(object) => object,
             Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => {
-                return Err(S3Error::NotFound { key: key.to_owned() })
+                return Err(S3Error::NotFound {
+                    key: key.to_owned(),
+                })
             }
             Err(error) => return Err(request_error("get", key, error)),
         };
@@ -227,14 +259,21 @@ impl Store {
     /// Downloads object `key` into the file `path`.
     pub async fn download(&self, key: &str, path: &Path) -> Result<(), S3Error> {
         let bytes = self.get_bytes(key).await?;
-        tokio::fs::write(path, bytes).await.map_err(|source| S3Error::Io {
-            path: path.display().to_string(),
-            source,
-        })
+        tokio::fs::write(path, bytes)
+            .await
+            .map_err(|source| S3Error::Io {
+                path: path.display().to_string(),
+                source,
+            })
     }
 
     /// Stores `bytes` as object `key`.
-    pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), S3Error> {
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), S3Error> {
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -278,7 +317,11 @@ impl Store {
                     .bucket(&self.bucket)
                     .key(key)
                     .upload_id(&upload_id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
                     .send()
                     .await
                     .map_err(|e| request_error("complete multipart upload of", key, e))?;
@@ -299,7 +342,12 @@ impl Store {
         }
     }
 
-    async fn upload_parts(&self, key: &str, path: &Path, upload_id: &str) -> Result<Vec<CompletedPart>, S3Error> {
+    async fn upload_parts(
+        &self,
+        key: &str,
+        path: &Path,
+        upload_id: &str,
+    ) -> Result<Vec<CompletedPart>, S3Error> {
         let io_error = |source| S3Error::Io {
             path: path.display().to_string(),
             source,

@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use contract::queue::{
-    Dispatch, JobEvent, JobStatus, Lane, EVENTS_EXCHANGE, JOBS_EXCHANGE,
-};
+use contract::queue::{Dispatch, JobEvent, JobStatus, Lane, EVENTS_EXCHANGE, JOBS_EXCHANGE};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{FromRow, Postgres, QueryBuilder, Row, Transaction};
@@ -178,7 +176,14 @@ async fn enqueue_dispatch(
         job_id: job_id.to_string(),
         kind: kind.to_owned(),
     };
-    enqueue_message(tx, JOBS_EXCHANGE, lane.queue(), &dispatch, message_priority(priority)).await
+    enqueue_message(
+        tx,
+        JOBS_EXCHANGE,
+        lane.queue(),
+        &dispatch,
+        message_priority(priority),
+    )
+    .await
 }
 
 async fn enqueue_terminal_event(
@@ -192,7 +197,14 @@ async fn enqueue_terminal_event(
         error: job.error.clone(),
         output_keys: job.output_keys.clone(),
     };
-    enqueue_message(tx, EVENTS_EXCHANGE, &job.status.event_routing_key(), &event, 0).await
+    enqueue_message(
+        tx,
+        EVENTS_EXCHANGE,
+        &job.status.event_routing_key(),
+        &event,
+        0,
+    )
+    .await
 }
 
 /// Records `job` with its first event and its dispatch. A job whose
@@ -236,7 +248,14 @@ async fn insert_job_tx(
         return Ok((existing, false));
     };
 
-    append_event(tx, job.id, "submitted", 0, serde_json::json!({ "lane": job.lane })).await?;
+    append_event(
+        tx,
+        job.id,
+        "submitted",
+        0,
+        serde_json::json!({ "lane": job.lane }),
+    )
+    .await?;
     enqueue_dispatch(tx, job.id, &job.kind, job.lane, job.priority).await?;
     Ok((inserted, true))
 }
@@ -324,7 +343,11 @@ pub async fn batch_status(pool: &PgPool, id: Uuid) -> Result<Option<BatchStatus>
     } else {
         "failed"
     };
-    let progress = if total == 0 { 1.0 } else { progress_sum / total as f64 };
+    let progress = if total == 0 {
+        1.0
+    } else {
+        progress_sum / total as f64
+    };
     Ok(Some(BatchStatus {
         batch,
         counts,
@@ -343,10 +366,12 @@ pub async fn get_job(pool: &PgPool, id: Uuid) -> Result<Option<Job>, StoreError>
 
 /// The job submitted with idempotency key `key`, if any.
 pub async fn find_by_idempotency_key(pool: &PgPool, key: &str) -> Result<Option<Job>, StoreError> {
-    Ok(sqlx::query_as("SELECT * FROM jobs WHERE idempotency_key = $1")
-        .bind(key)
-        .fetch_optional(pool)
-        .await?)
+    Ok(
+        sqlx::query_as("SELECT * FROM jobs WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// Filters for [`list_jobs`]; every field that is set must match.
@@ -440,12 +465,20 @@ pub async fn cancel_job(pool: &PgPool, id: Uuid) -> Result<CancelOutcome, StoreE
             CancelOutcome::Cancelled
         }
         JobStatus::Running => {
-            sqlx::query("UPDATE jobs SET cancel_requested = true, updated_at = now() WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            append_event(&mut tx, id, "cancel_requested", job.attempt, serde_json::json!({}))
-                .await?;
+            sqlx::query(
+                "UPDATE jobs SET cancel_requested = true, updated_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            append_event(
+                &mut tx,
+                id,
+                "cancel_requested",
+                job.attempt,
+                serde_json::json!({}),
+            )
+            .await?;
             CancelOutcome::Requested
         }
         finished => CancelOutcome::AlreadyFinished(finished),
@@ -458,7 +491,7 @@ pub async fn cancel_job(pool: &PgPool, id: Uuid) -> Result<CancelOutcome, StoreE
 #[derive(Debug, Clone)]
 pub enum ClaimOutcome {
     /// The job is now running under this worker's lease; `attempt` is its fence.
-    Claimed(Job),
+    Claimed(Box<Job>),
     /// Another worker holds it (its lease runs, or the reaper will requeue it).
     Held,
     /// It finished already; a redelivered message to acknowledge and skip.
@@ -490,15 +523,22 @@ pub async fn claim(
 
     let outcome = match claimed {
         Some(job) => {
-            append_event(&mut tx, id, "claimed", job.attempt, serde_json::json!({ "worker": owner }))
-                .await?;
-            ClaimOutcome::Claimed(job)
+            append_event(
+                &mut tx,
+                id,
+                "claimed",
+                job.attempt,
+                serde_json::json!({ "worker": owner }),
+            )
+            .await?;
+            ClaimOutcome::Claimed(Box::new(job))
         }
         None => {
-            let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             match status.map(|s| s.parse::<JobStatus>()).transpose()? {
                 None => ClaimOutcome::NotFound,
                 Some(JobStatus::Running) | Some(JobStatus::Queued) => ClaimOutcome::Held,
@@ -565,7 +605,12 @@ pub async fn finish(pool: &PgPool, held: &Lease, outcome: &Outcome) -> Result<Jo
         Outcome::Succeeded {
             output_keys,
             model_hash,
-        } => (JobStatus::Succeeded, None, output_keys.clone(), Some(model_hash.clone())),
+        } => (
+            JobStatus::Succeeded,
+            None,
+            output_keys.clone(),
+            Some(model_hash.clone()),
+        ),
         Outcome::Failed(reason) => (JobStatus::Failed, Some(reason.clone()), vec![], None),
         Outcome::Cancelled => (
             JobStatus::Cancelled,
@@ -630,7 +675,14 @@ pub async fn hand_back(pool: &PgPool, held: &Lease) -> Result<(), StoreError> {
             attempt: held.attempt,
         });
     };
-    append_event(&mut tx, job.id, "handed_back", held.attempt, serde_json::json!({})).await?;
+    append_event(
+        &mut tx,
+        job.id,
+        "handed_back",
+        held.attempt,
+        serde_json::json!({}),
+    )
+    .await?;
     enqueue_dispatch(&mut tx, job.id, &job.kind, job.lane, job.priority).await?;
     tx.commit().await?;
     Ok(())
@@ -727,8 +779,14 @@ pub async fn reap_expired(pool: &PgPool, limit: i64) -> Result<Vec<Reaped>, Stor
             .bind(&reason)
             .fetch_one(&mut *tx)
             .await?;
-            append_event(&mut tx, job.id, "failed", job.attempt, serde_json::json!({ "error": reason }))
-                .await?;
+            append_event(
+                &mut tx,
+                job.id,
+                "failed",
+                job.attempt,
+                serde_json::json!({ "error": reason }),
+            )
+            .await?;
             enqueue_terminal_event(&mut tx, &failed).await?;
             reaped.push(Reaped::Failed {
                 job_id: job.id,
@@ -800,6 +858,6 @@ pub async fn mark_failed(
     .bind(error)
     .bind(MAX_OUTBOX_RETRY_SECS)
     .execute(&mut **tx)
-        .await?;
+    .await?;
     Ok(())
 }

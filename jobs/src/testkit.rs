@@ -39,7 +39,13 @@ impl TestEnv {
         let suffix = &Uuid::new_v4().simple().to_string()[..10];
         let slug: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .take(30)
             .collect();
         let id = format!("t_{slug}_{suffix}");
@@ -98,7 +104,10 @@ impl TestEnv {
         for line in out.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() == 3 && fields[0] == queue {
-                return (fields[1].parse().unwrap_or(0), fields[2].parse().unwrap_or(0));
+                return (
+                    fields[1].parse().unwrap_or(0),
+                    fields[2].parse().unwrap_or(0),
+                );
             }
         }
         (0, 0)
@@ -139,7 +148,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -51,11 +51,30 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
 /// The API's OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Glowline scheduler", description = "Submit and follow Glow face-editing jobs."),
-    paths(submit_job, list_jobs, get_job, cancel_job, job_events, submit_batch, batch_status),
+    info(
+        title = "Glowline scheduler",
+        description = "Submit and follow Glow face-editing jobs."
+    ),
+    paths(
+        submit_job,
+        list_jobs,
+        get_job,
+        cancel_job,
+        job_events,
+        submit_batch,
+        batch_status
+    ),
     components(schemas(
-        SubmitRequestDoc, SubmitResponse, JobList, CancelResponse, BatchResponse, ErrorBody,
-        Job, BatchStatus, EventRecord, store::Batch
+        SubmitRequestDoc,
+        SubmitResponse,
+        JobList,
+        CancelResponse,
+        BatchResponse,
+        ErrorBody,
+        Job,
+        BatchStatus,
+        EventRecord,
+        store::Batch
     ))
 )]
 pub struct ApiDoc;
@@ -97,7 +116,10 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(e) => (StatusCode::NOT_FOUND, e),
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_owned(),
+                )
             }
         };
         (status, Json(ErrorBody { error })).into_response()
@@ -126,7 +148,8 @@ impl From<SubmitError> for ApiError {
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a job or batch id (a UUID)")))
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a job or batch id (a UUID)")))
 }
 
 /// A recorded submission.
@@ -144,13 +167,20 @@ pub struct SubmitResponse {
 async fn submit_job(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
     let request: SubmitRequest = submit::parse(&body)?;
     let (job, created) = submit::submit(&state.pool, &state.limits, &request).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(SubmitResponse { job, created })).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
-async fn get_job(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+async fn get_job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
     let id = parse_id(&id)?;
     store::get_job(&state.pool, id)
         .await?
@@ -183,7 +213,10 @@ pub struct JobList {
 
 #[utoipa::path(get, path = "/v1/jobs", params(ListQuery),
     responses((status = 200, body = JobList), (status = 422, body = ErrorBody)))]
-async fn list_jobs(State(state): State<ApiState>, Query(query): Query<ListQuery>) -> Result<Json<JobList>, ApiError> {
+async fn list_jobs(
+    State(state): State<ApiState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<JobList>, ApiError> {
     let status = query
         .status
         .as_deref()
@@ -192,7 +225,9 @@ async fn list_jobs(State(state): State<ApiState>, Query(query): Query<ListQuery>
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit {limit} is outside 1..={MAX_PAGE}")));
+        return Err(ApiError::BadRequest(format!(
+            "limit {limit} is outside 1..={MAX_PAGE}"
+        )));
     }
     let filter = JobFilter {
         status,
@@ -219,7 +254,10 @@ pub struct CancelResponse {
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = Uuid, Path)),
     responses((status = 200, body = CancelResponse), (status = 404, body = ErrorBody)))]
-async fn cancel_job(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<CancelResponse>, ApiError> {
+async fn cancel_job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<CancelResponse>, ApiError> {
     let id = parse_id(&id)?;
     let outcome = match store::cancel_job(&state.pool, id).await? {
         CancelOutcome::NotFound => return Err(ApiError::NotFound(format!("no job {id}"))),
@@ -239,7 +277,10 @@ async fn cancel_job(State(state): State<ApiState>, Path(id): Path<String>) -> Re
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", params(("id" = Uuid, Path)),
     responses((status = 200, body = Vec<EventRecord>)))]
-async fn job_events(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Vec<EventRecord>>, ApiError> {
+async fn job_events(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<EventRecord>>, ApiError> {
     let id = parse_id(&id)?;
     Ok(Json(store::job_events(&state.pool, id).await?))
 }
@@ -272,7 +313,8 @@ async fn submit_batch(
         .map_err(|e| ApiError::BadRequest(format!("batch manifest is not UTF-8: {e}")))?;
     let batch_id = Uuid::now_v7();
     let jobs = submit::validate_manifest(manifest, &state.limits, batch_id)?;
-    let (_, recorded) = store::insert_batch(&state.pool, batch_id, query.label.as_deref(), &jobs).await?;
+    let (_, recorded) =
+        store::insert_batch(&state.pool, batch_id, query.label.as_deref(), &jobs).await?;
     tracing::info!(batch_id = %batch_id, jobs = recorded.len(), "batch submitted");
     Ok((
         StatusCode::CREATED,
@@ -285,7 +327,10 @@ async fn submit_batch(
 
 #[utoipa::path(get, path = "/v1/batches/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = BatchStatus), (status = 404, body = ErrorBody)))]
-async fn batch_status(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<BatchStatus>, ApiError> {
+async fn batch_status(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<BatchStatus>, ApiError> {
     let id = parse_id(&id)?;
     store::batch_status(&state.pool, id)
         .await?

@@ -130,3 +130,17 @@ impl ReaperConfig {
         Duration::from_millis(self.interval_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/scheduler.toml");
+        let config: SchedulerConfig =
+            jobs::config::load(Some(&path), "GLOWLINE_SCHEDULER_UNUSED").unwrap();
+        assert_eq!(config.jobs.max_attempts, JobLimits::default().max_attempts);
+    }
+}

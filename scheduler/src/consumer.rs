@@ -17,7 +17,9 @@ use jobs::config::BrokerConfig;
 use jobs::retry::Backoff;
 use jobs::shutdown::Shutdown;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use sqlx::PgPool;
@@ -30,7 +32,12 @@ use crate::submit::{self, SubmitError};
 const SUBMIT_PREFETCH: u16 = 16;
 
 /// Runs the consumer until `shutdown`, reconnecting after failures.
-pub async fn run(pool: PgPool, broker_config: BrokerConfig, limits: Arc<JobLimits>, shutdown: Shutdown) {
+pub async fn run(
+    pool: PgPool,
+    broker_config: BrokerConfig,
+    limits: Arc<JobLimits>,
+    shutdown: Shutdown,
+) {
     let backoff = Backoff::default();
     let mut failures = 0;
     while !shutdown.is_triggered() {
@@ -59,7 +66,9 @@ async fn consume(
     let connection = broker::connect(broker_config, "glowline-scheduler-submit").await?;
     let channel = connection.create_channel().await?;
     broker::declare_topology(&channel, broker_config).await?;
-    channel.basic_qos(SUBMIT_PREFETCH, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(SUBMIT_PREFETCH, BasicQosOptions::default())
+        .await?;
     let mut deliveries = channel
         .basic_consume(
             SUBMIT_QUEUE.into(),
@@ -86,7 +95,12 @@ async fn consume(
 
 /// Handles one submission. Errors are the broker's or an unavailable
 /// database's: the message is requeued and the consumer reconnects.
-async fn handle(pool: &PgPool, limits: &JobLimits, channel: &Channel, delivery: Delivery) -> anyhow::Result<()> {
+async fn handle(
+    pool: &PgPool,
+    limits: &JobLimits,
+    channel: &Channel,
+    delivery: Delivery,
+) -> anyhow::Result<()> {
     let outcome = match submit::parse(&delivery.data) {
         Ok(request) => submit::submit(pool, limits, &request).await,
         Err(rejection) => Err(rejection.into()),
@@ -102,13 +116,23 @@ async fn handle(pool: &PgPool, limits: &JobLimits, channel: &Channel, delivery: 
         }
         Err(SubmitError::Rejected(rejection)) => {
             tracing::warn!(reason = %rejection, "submission rejected");
-            delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await?;
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..Default::default()
+                })
+                .await?;
             SubmitReply::Rejected {
                 reason: rejection.to_string(),
             }
         }
         Err(SubmitError::Store(error)) => {
-            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await?;
             return Err(error.into());
         }
     };
@@ -125,10 +149,21 @@ async fn handle(pool: &PgPool, limits: &JobLimits, channel: &Channel, delivery: 
 
 /// Replies go to the default exchange without confirms: the reply queue may
 /// be gone (its client gave up), and the job is recorded either way.
-async fn send_reply(channel: &Channel, reply_to: &str, reply: &SubmitReply, properties: BasicProperties) -> anyhow::Result<()> {
+async fn send_reply(
+    channel: &Channel,
+    reply_to: &str,
+    reply: &SubmitReply,
+    properties: BasicProperties,
+) -> anyhow::Result<()> {
     let body = serde_json::to_vec(reply)?;
     channel
-        .basic_publish("".into(), reply_to.into(), BasicPublishOptions::default(), &body, properties)
+        .basic_publish(
+            "".into(),
+            reply_to.into(),
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
         .await?;
     Ok(())
 }

@@ -18,7 +18,12 @@ use sqlx::PgPool;
 use crate::config::RelayConfig;
 
 /// Runs the relay until `shutdown`, reconnecting after failures.
-pub async fn run(pool: PgPool, broker_config: BrokerConfig, config: RelayConfig, shutdown: Shutdown) {
+pub async fn run(
+    pool: PgPool,
+    broker_config: BrokerConfig,
+    config: RelayConfig,
+    shutdown: Shutdown,
+) {
     let backoff = Backoff::default();
     let mut failures = 0;
     while !shutdown.is_triggered() {
@@ -78,7 +83,15 @@ async fn relay_batch(pool: &PgPool, channel: &Channel, batch_size: i64) -> anyho
         let properties = broker::json_properties()
             .with_message_id(format!("outbox-{}", message.id).into())
             .with_priority(message.priority.clamp(0, 255) as u8);
-        match broker::publish_confirmed(channel, &message.exchange, &message.routing_key, &body, properties).await {
+        match broker::publish_confirmed(
+            channel,
+            &message.exchange,
+            &message.routing_key,
+            &body,
+            properties,
+        )
+        .await
+        {
             Ok(()) => sent.push(message.id),
             Err(error) => {
                 tracing::warn!(outbox_id = message.id, exchange = %message.exchange, routing_key = %message.routing_key, %error, "publish failed");

@@ -198,6 +198,9 @@ mod tests {
         let good = serde_json::to_string(&edit("uploads/a.png")).unwrap();
         let manifest = format!("{good}\n\n{good}\nnot json\n");
         let err = validate_manifest(&manifest, &JobLimits::default(), Uuid::nil()).unwrap_err();
-        assert!(matches!(err, Rejection::ManifestLine { line: 4, .. }), "{err}");
+        assert!(
+            matches!(err, Rejection::ManifestLine { line: 4, .. }),
+            "{err}"
+        );
     }
 }

@@ -46,7 +46,9 @@ impl Harness {
         let mut config = config(&env);
         tweak(&mut config);
         let shutdown = Shutdown::new();
-        let running = scheduler::start(config, shutdown.clone()).await.expect("start scheduler");
+        let running = scheduler::start(config, shutdown.clone())
+            .await
+            .expect("start scheduler");
         let pool = jobs::db::connect(&env.database).await.unwrap();
         Harness {
             addr: running.addr,
@@ -92,7 +94,11 @@ pub async fn take_message(env: &TestEnv, queue: &str) -> serde_json::Value {
             .basic_get(queue.into(), BasicGetOptions::default())
             .await
             .ok()??;
-        message.delivery.ack(BasicAckOptions::default()).await.ok()?;
+        message
+            .delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .ok()?;
         Some(message.delivery.data)
     })
     .await;

@@ -14,14 +14,26 @@ async fn submit_get_list_and_cancel_a_job() {
 
     let mut body = edit("uploads/a/face.png");
     body["idempotency_key"] = json!("key-1");
-    let response = h.http.post(h.url("/v1/jobs")).json(&body).send().await.unwrap();
+    let response = h
+        .http
+        .post(h.url("/v1/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
     let first: Value = response.json().await.unwrap();
     let id = first["job"]["id"].as_str().unwrap().to_owned();
     assert_eq!(first["job"]["status"], "queued");
     assert_eq!(first["job"]["lane"], "interactive");
 
-    let again = h.http.post(h.url("/v1/jobs")).json(&body).send().await.unwrap();
+    let again = h
+        .http
+        .post(h.url("/v1/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 200);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["job"]["id"], id.as_str());
@@ -31,27 +43,90 @@ async fn submit_get_list_and_cancel_a_job() {
     assert_eq!(dispatch["job_id"], id.as_str());
     assert_eq!(dispatch["kind"], "edit");
 
-    let job: Value = h.http.get(h.url(&format!("/v1/jobs/{id}"))).send().await.unwrap().json().await.unwrap();
+    let job: Value = h
+        .http
+        .get(h.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(job["kind"], "edit");
 
-    let list: Value = h.http.get(h.url("/v1/jobs?status=queued&kind=edit")).send().await.unwrap().json().await.unwrap();
+    let list: Value = h
+        .http
+        .get(h.url("/v1/jobs?status=queued&kind=edit"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
-    let none: Value = h.http.get(h.url("/v1/jobs?status=running")).send().await.unwrap().json().await.unwrap();
+    let none: Value = h
+        .http
+        .get(h.url("/v1/jobs?status=running"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(none["jobs"].as_array().unwrap().is_empty());
-    let bad = h.http.get(h.url("/v1/jobs?status=done")).send().await.unwrap();
+    let bad = h
+        .http
+        .get(h.url("/v1/jobs?status=done"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 422);
 
-    let cancel: Value = h.http.post(h.url(&format!("/v1/jobs/{id}/cancel"))).send().await.unwrap().json().await.unwrap();
+    let cancel: Value = h
+        .http
+        .post(h.url(&format!("/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(cancel["outcome"], "cancelled");
     assert_eq!(cancel["job"]["status"], "cancelled");
-    let twice: Value = h.http.post(h.url(&format!("/v1/jobs/{id}/cancel"))).send().await.unwrap().json().await.unwrap();
+    let twice: Value = h
+        .http
+        .post(h.url(&format!("/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(twice["outcome"], "already_finished");
 
-    let events: Value = h.http.get(h.url(&format!("/v1/jobs/{id}/events"))).send().await.unwrap().json().await.unwrap();
-    let names: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let events: Value = h
+        .http
+        .get(h.url(&format!("/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["submitted", "cancelled"]);
 
-    let missing = h.http.get(h.url(&format!("/v1/jobs/{}", uuid::Uuid::nil()))).send().await.unwrap();
+    let missing = h
+        .http
+        .get(h.url(&format!("/v1/jobs/{}", uuid::Uuid::nil())))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     h.stop().await;
 }
@@ -60,19 +135,37 @@ async fn submit_get_list_and_cancel_a_job() {
 async fn invalid_submissions_name_the_bad_input() {
     let mut h = Harness::start("http_invalid").await;
     let cases = [
-        (json!({"spec": {"version": 1, "operation": {"kind": "paint"}}}), "paint"),
-        (json!({"spec": {"version": 7, "operation": {"kind": "edit"}}}), "version 7"),
+        (
+            json!({"spec": {"version": 1, "operation": {"kind": "paint"}}}),
+            "paint",
+        ),
+        (
+            json!({"spec": {"version": 7, "operation": {"kind": "edit"}}}),
+            "version 7",
+        ),
         (edit("../secrets/face.png"), "../secrets/face.png"),
         (json!({"spec": {}, "colour": "red"}), "colour"),
     ];
     for (body, named) in cases {
-        let response = h.http.post(h.url("/v1/jobs")).json(&body).send().await.unwrap();
+        let response = h
+            .http
+            .post(h.url("/v1/jobs"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 422, "{body}");
         let error: Value = response.json().await.unwrap();
         let message = error["error"].as_str().unwrap();
         assert!(message.contains(named), "{message:?} should name {named:?}");
     }
-    let not_json = h.http.post(h.url("/v1/jobs")).body("{").send().await.unwrap();
+    let not_json = h
+        .http
+        .post(h.url("/v1/jobs"))
+        .body("{")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(not_json.status(), 422);
     h.stop().await;
 }
@@ -83,36 +176,91 @@ async fn a_batch_manifest_becomes_jobs_under_one_batch() {
     let manifest: String = (0..20)
         .map(|i| format!("{}\n", edit(&format!("uploads/b/{i}.png"))))
         .collect();
-    let response = h.http.post(h.url("/v1/batches?label=faces")).body(manifest).send().await.unwrap();
+    let response = h
+        .http
+        .post(h.url("/v1/batches?label=faces"))
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
     let batch: Value = response.json().await.unwrap();
     assert_eq!(batch["job_ids"].as_array().unwrap().len(), 20);
     let batch_id = batch["batch_id"].as_str().unwrap();
 
-    let status: Value = h.http.get(h.url(&format!("/v1/batches/{batch_id}"))).send().await.unwrap().json().await.unwrap();
+    let status: Value = h
+        .http
+        .get(h.url(&format!("/v1/batches/{batch_id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["status"], "queued");
     assert_eq!(status["counts"]["queued"], 20);
     assert_eq!(status["batch"]["label"], "faces");
 
-    let listed: Value = h.http.get(h.url(&format!("/v1/jobs?batch_id={batch_id}&limit=5"))).send().await.unwrap().json().await.unwrap();
+    let listed: Value = h
+        .http
+        .get(h.url(&format!("/v1/jobs?batch_id={batch_id}&limit=5")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 5);
     assert!(listed["next_before"].is_string());
 
     let bad = format!("{}\nnot json\n", edit("uploads/b/x.png"));
-    let response = h.http.post(h.url("/v1/batches")).body(bad).send().await.unwrap();
+    let response = h
+        .http
+        .post(h.url("/v1/batches"))
+        .body(bad)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 422);
     let error: Value = response.json().await.unwrap();
     assert!(error["error"].as_str().unwrap().contains("line 2"));
-    let all: Value = h.http.get(h.url("/v1/jobs?limit=500")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(all["jobs"].as_array().unwrap().len(), 20, "a rejected manifest creates no job");
+    let all: Value = h
+        .http
+        .get(h.url("/v1/jobs?limit=500"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        all["jobs"].as_array().unwrap().len(),
+        20,
+        "a rejected manifest creates no job"
+    );
     h.stop().await;
 }
 
 #[tokio::test]
 async fn the_openapi_document_describes_every_route() {
     let mut h = Harness::start("http_openapi").await;
-    let doc: Value = h.http.get(h.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    for path in ["/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/cancel", "/v1/jobs/{id}/events", "/v1/batches", "/v1/batches/{id}"] {
+    let doc: Value = h
+        .http
+        .get(h.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/cancel",
+        "/v1/jobs/{id}/events",
+        "/v1/batches",
+        "/v1/batches/{id}",
+    ] {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }
     let submit = &doc["components"]["schemas"]["SubmitRequest"]["properties"];
@@ -122,8 +270,16 @@ async fn the_openapi_document_describes_every_route() {
         priority: 0,
         deadline_secs: None,
     };
-    for field in serde_json::to_value(request).unwrap().as_object().unwrap().keys() {
-        assert!(submit[field].is_object(), "document lacks SubmitRequest.{field}");
+    for field in serde_json::to_value(request)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+    {
+        assert!(
+            submit[field].is_object(),
+            "document lacks SubmitRequest.{field}"
+        );
     }
     h.stop().await;
 }

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{edit, take_message, Harness, WAIT};
-use contract::queue::{JobStatus, Lane, SubmitReply, DEAD_LETTER_QUEUE, JOBS_EXCHANGE, SUBMIT_QUEUE};
+use contract::queue::{
+    JobStatus, Lane, SubmitReply, DEAD_LETTER_QUEUE, JOBS_EXCHANGE, SUBMIT_QUEUE,
+};
 use futures_util::StreamExt;
 use jobs::broker;
 use jobs::store::{self, ClaimOutcome, Lease, Reaped};
@@ -25,17 +27,35 @@ async fn submit_over_queue(env: &TestEnv, bodies: &[Vec<u8>]) -> Vec<SubmitReply
     let connection = broker::connect(&env.broker, "test-client").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut replies = channel
-        .basic_consume(REPLY_TO.into(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            REPLY_TO.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let mut out = Vec::new();
     for body in bodies {
         let properties = BasicProperties::default().with_reply_to(REPLY_TO.into());
         channel
-            .basic_publish(JOBS_EXCHANGE.into(), SUBMIT_QUEUE.into(), BasicPublishOptions::default(), body, properties)
+            .basic_publish(
+                JOBS_EXCHANGE.into(),
+                SUBMIT_QUEUE.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
             .await
             .unwrap();
-        let reply = tokio::time::timeout(WAIT, replies.next()).await.expect("a reply").unwrap().unwrap();
+        let reply = tokio::time::timeout(WAIT, replies.next())
+            .await
+            .expect("a reply")
+            .unwrap()
+            .unwrap();
         out.push(serde_json::from_slice(&reply.data).unwrap());
     }
     let _ = connection.close(0, "done".into()).await;
@@ -49,7 +69,9 @@ async fn bad_submissions_are_rejected_with_reasons_and_the_consumer_keeps_going(
     let bodies = vec![
         b"this is not json".to_vec(),
         spec(json!({"version": 1, "operation": {"kind": "paint", "input": "uploads/x.png"}})),
-        spec(json!({"version": 2, "operation": {"kind": "edit", "input": "uploads/x.png", "attributes": {}}})),
+        spec(
+            json!({"version": 2, "operation": {"kind": "edit", "input": "uploads/x.png", "attributes": {}}}),
+        ),
         serde_json::to_vec(&edit("s3://other-bucket/x.png")).unwrap(),
         serde_json::to_vec(&edit("uploads/ok.png")).unwrap(),
     ];
@@ -65,20 +87,35 @@ async fn bad_submissions_are_rejected_with_reasons_and_the_consumer_keeps_going(
     assert!(reasons[0].contains("not valid JSON"), "{}", reasons[0]);
     assert!(reasons[1].contains("paint"), "{}", reasons[1]);
     assert!(reasons[2].contains("version 2"), "{}", reasons[2]);
-    assert!(reasons[3].contains("s3://other-bucket/x.png"), "{}", reasons[3]);
-    let SubmitReply::Accepted { job_id, created: true } = &replies[4] else {
-        panic!("the good submission after four bad ones was not accepted: {:?}", replies[4]);
+    assert!(
+        reasons[3].contains("s3://other-bucket/x.png"),
+        "{}",
+        reasons[3]
+    );
+    let SubmitReply::Accepted {
+        job_id,
+        created: true,
+    } = &replies[4]
+    else {
+        panic!(
+            "the good submission after four bad ones was not accepted: {:?}",
+            replies[4]
+        );
     };
 
     let dispatch = take_message(&h.env, Lane::Interactive.queue()).await;
     assert_eq!(dispatch["job_id"], job_id.as_str());
 
     let env = &h.env;
-    eventually("the rejected messages dead-lettered and nothing unacked", WAIT, || async {
-        let submit = env.queue_depth(SUBMIT_QUEUE);
-        let dead = env.queue_depth(DEAD_LETTER_QUEUE);
-        (submit == (0, 0) && dead.0 == 4).then_some(())
-    })
+    eventually(
+        "the rejected messages dead-lettered and nothing unacked",
+        WAIT,
+        || async {
+            let submit = env.queue_depth(SUBMIT_QUEUE);
+            let dead = env.queue_depth(DEAD_LETTER_QUEUE);
+            (submit == (0, 0) && dead.0 == 4).then_some(())
+        },
+    )
     .await;
     h.stop().await;
 }
@@ -92,8 +129,14 @@ async fn a_queue_resubmission_with_the_same_key_returns_the_same_job() {
     let replies = submit_over_queue(&h.env, &[body.clone(), body]).await;
     match (&replies[0], &replies[1]) {
         (
-            SubmitReply::Accepted { job_id: a, created: true },
-            SubmitReply::Accepted { job_id: b, created: false },
+            SubmitReply::Accepted {
+                job_id: a,
+                created: true,
+            },
+            SubmitReply::Accepted {
+                job_id: b,
+                created: false,
+            },
         ) => assert_eq!(a, b),
         other => panic!("unexpected replies {other:?}"),
     }
@@ -125,17 +168,21 @@ async fn the_relay_delivers_what_was_committed_before_a_crash() {
 #[tokio::test]
 async fn an_unroutable_message_is_a_failed_publish() {
     let mut h = Harness::start("relay_unroutable").await;
-    sqlx::query("INSERT INTO outbox (exchange, routing_key, payload) VALUES ($1, 'no.such.queue', '{}')")
-        .bind(JOBS_EXCHANGE)
-        .execute(&h.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (exchange, routing_key, payload) VALUES ($1, 'no.such.queue', '{}')",
+    )
+    .bind(JOBS_EXCHANGE)
+    .execute(&h.pool)
+    .await
+    .unwrap();
     let pool = h.pool.clone();
     let error: String = eventually("the publish to be recorded as failed", WAIT, || async {
-        sqlx::query_scalar::<_, Option<String>>("SELECT last_error FROM outbox WHERE routing_key = 'no.such.queue' AND sent_at IS NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT last_error FROM outbox WHERE routing_key = 'no.such.queue' AND sent_at IS NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
     })
     .await;
     assert!(error.contains("NO_ROUTE"), "{error}");
@@ -145,53 +192,113 @@ async fn an_unroutable_message_is_a_failed_publish() {
 #[tokio::test]
 async fn the_reaper_requeues_a_lost_job_then_fails_it_when_attempts_run_out() {
     let mut h = Harness::start_with(TestEnv::new("reaper"), |c| c.jobs.max_attempts = 2).await;
-    let response: serde_json::Value = h.http.post(h.url("/v1/jobs")).json(&edit("uploads/a.png")).send().await.unwrap().json().await.unwrap();
+    let response: serde_json::Value = h
+        .http
+        .post(h.url("/v1/jobs"))
+        .json(&edit("uploads/a.png"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id: uuid::Uuid = response["job"]["id"].as_str().unwrap().parse().unwrap();
     take_message(&h.env, Lane::Interactive.queue()).await;
 
     let short = Duration::from_millis(300);
     for attempt in 1..=2 {
-        let ClaimOutcome::Claimed(job) = store::claim(&h.pool, id, "doomed-worker", short).await.unwrap() else {
+        let ClaimOutcome::Claimed(job) = store::claim(&h.pool, id, "doomed-worker", short)
+            .await
+            .unwrap()
+        else {
             panic!("attempt {attempt}: the job was not claimable");
         };
         assert_eq!(job.attempt, attempt);
-        let lease = Lease { job_id: id, attempt, owner: "doomed-worker".into() };
+        let lease = Lease {
+            job_id: id,
+            attempt,
+            owner: "doomed-worker".into(),
+        };
         let pool = h.pool.clone();
         let status = eventually("the reaper to act", WAIT, || async {
             let job = store::get_job(&pool, id).await.unwrap().unwrap();
             (job.status != JobStatus::Running).then_some(job)
         })
         .await;
-        assert!(matches!(store::heartbeat(&h.pool, &lease, short, None).await, Err(store::StoreError::Fenced { .. })));
+        assert!(matches!(
+            store::heartbeat(&h.pool, &lease, short, None).await,
+            Err(store::StoreError::Fenced { .. })
+        ));
         if attempt == 1 {
             assert_eq!(status.status, JobStatus::Queued);
             let redispatch = take_message(&h.env, Lane::Interactive.queue()).await;
             assert_eq!(redispatch["job_id"], id.to_string());
         } else {
             assert_eq!(status.status, JobStatus::Failed);
-            assert!(status.error.unwrap().contains("lease expired on attempt 2 of 2"));
+            assert!(status
+                .error
+                .unwrap()
+                .contains("lease expired on attempt 2 of 2"));
         }
     }
-    assert!(store::reap_expired(&h.pool, 10).await.unwrap().iter().all(|r| !matches!(r, Reaped::Requeued { .. })));
+    assert!(store::reap_expired(&h.pool, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| !matches!(r, Reaped::Requeued { .. })));
     h.stop().await;
 }
 
 #[tokio::test]
 async fn cancelling_a_running_job_sets_its_flag_and_the_worker_commits_cancelled() {
     let mut h = Harness::start("cancel_running").await;
-    let response: serde_json::Value = h.http.post(h.url("/v1/jobs")).json(&edit("uploads/a.png")).send().await.unwrap().json().await.unwrap();
+    let response: serde_json::Value = h
+        .http
+        .post(h.url("/v1/jobs"))
+        .json(&edit("uploads/a.png"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id: uuid::Uuid = response["job"]["id"].as_str().unwrap().parse().unwrap();
-    let ClaimOutcome::Claimed(job) = store::claim(&h.pool, id, "w", Duration::from_secs(30)).await.unwrap() else {
+    let ClaimOutcome::Claimed(job) = store::claim(&h.pool, id, "w", Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
         panic!("not claimed");
     };
-    let lease = Lease { job_id: id, attempt: job.attempt, owner: "w".into() };
-    assert!(!store::heartbeat(&h.pool, &lease, Duration::from_secs(30), Some(0.5)).await.unwrap());
+    let lease = Lease {
+        job_id: id,
+        attempt: job.attempt,
+        owner: "w".into(),
+    };
+    assert!(
+        !store::heartbeat(&h.pool, &lease, Duration::from_secs(30), Some(0.5))
+            .await
+            .unwrap()
+    );
 
-    let cancel: serde_json::Value = h.http.post(h.url(&format!("/v1/jobs/{id}/cancel"))).send().await.unwrap().json().await.unwrap();
+    let cancel: serde_json::Value = h
+        .http
+        .post(h.url(&format!("/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(cancel["outcome"], "requested");
     assert_eq!(cancel["job"]["status"], "running");
-    assert!(store::heartbeat(&h.pool, &lease, Duration::from_secs(30), None).await.unwrap());
-    let job = store::finish(&h.pool, &lease, &store::Outcome::Cancelled).await.unwrap();
+    assert!(
+        store::heartbeat(&h.pool, &lease, Duration::from_secs(30), None)
+            .await
+            .unwrap()
+    );
+    let job = store::finish(&h.pool, &lease, &store::Outcome::Cancelled)
+        .await
+        .unwrap();
     assert_eq!(job.status, JobStatus::Cancelled);
     assert_eq!(job.progress, 0.5);
     h.stop().await;

@@ -132,3 +132,20 @@ impl WorkerSettings {
         format!("{host}-{}", std::process::id())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/worker.toml");
+        let config: WorkerConfig =
+            jobs::config::load(Some(&path), "GLOWLINE_WORKER_UNUSED").unwrap();
+        assert_eq!(
+            config.worker.lease_secs,
+            WorkerSettings::default().lease_secs
+        );
+        assert!(config.worker.ack_handoff() < std::time::Duration::from_secs(30 * 60));
+    }
+}

@@ -20,9 +20,9 @@ use jobs::retry::Backoff;
 use jobs::s3::{S3Error, Store};
 use jobs::shutdown::Shutdown;
 use jobs::store::{self, ClaimOutcome, Job, Lease, Outcome, StoreError};
-use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::Acker;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -143,7 +143,7 @@ pub async fn handle(ctx: Arc<Context>, delivery: Delivery) {
         })
         .await;
     let job = match claim {
-        Ok(ClaimOutcome::Claimed(job)) => job,
+        Ok(ClaimOutcome::Claimed(job)) => *job,
         Ok(ClaimOutcome::Finished(status)) => {
             tracing::info!(%job_id, %status, redelivered = delivery.redelivered, "job already finished; skipping");
             return ack.ack().await;
@@ -159,7 +159,10 @@ pub async fn handle(ctx: Arc<Context>, delivery: Delivery) {
         Err(error) => {
             // The database is unreachable: leave the message to the broker.
             tracing::warn!(%job_id, %error, "cannot claim; requeueing the message");
-            let _ = delivery.acker.reject(BasicRejectOptions { requeue: true }).await;
+            let _ = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: true })
+                .await;
             return;
         }
     };
@@ -172,7 +175,13 @@ pub async fn handle(ctx: Arc<Context>, delivery: Delivery) {
     tracing::info!(%job_id, kind = %job.kind, attempt = job.attempt, "job claimed");
 
     let watch = Arc::new(Watch::default());
-    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), lease.clone(), job.deadline_secs, watch.clone(), ack.clone()));
+    let heartbeat = tokio::spawn(heartbeat(
+        ctx.clone(),
+        lease.clone(),
+        job.deadline_secs,
+        watch.clone(),
+        ack.clone(),
+    ));
     let attempt = run(&ctx, &job, watch.clone()).await;
     heartbeat.abort();
 
@@ -183,7 +192,13 @@ pub async fn handle(ctx: Arc<Context>, delivery: Delivery) {
 /// Extends the lease and records progress every heartbeat; stops the render
 /// on cancel, deadline, a lost lease or the end of the shutdown grace; and
 /// acknowledges the message early at the hand-off time.
-async fn heartbeat(ctx: Arc<Context>, lease: Lease, deadline_secs: i32, watch: Arc<Watch>, ack: OnceAck) {
+async fn heartbeat(
+    ctx: Arc<Context>,
+    lease: Lease,
+    deadline_secs: i32,
+    watch: Arc<Watch>,
+    ack: OnceAck,
+) {
     let started = Instant::now();
     let deadline = std::time::Duration::from_secs(deadline_secs.max(1) as u64);
     let mut ticker = tokio::time::interval(ctx.settings.heartbeat());
@@ -202,11 +217,20 @@ async fn heartbeat(ctx: Arc<Context>, lease: Lease, deadline_secs: i32, watch: A
             tracing::info!(job_id = %lease.job_id, "job outlived the ack hand-off; its lease guards it from here");
             ack.ack().await;
         }
-        match store::heartbeat(&ctx.pool, &lease, ctx.settings.lease(), Some(watch.progress())).await {
+        match store::heartbeat(
+            &ctx.pool,
+            &lease,
+            ctx.settings.lease(),
+            Some(watch.progress()),
+        )
+        .await
+        {
             Ok(true) => watch.stop(Stop::Cancelled),
             Ok(false) => {}
             Err(StoreError::Fenced { .. }) => watch.stop(Stop::LostLease),
-            Err(error) => tracing::warn!(job_id = %lease.job_id, %error, "heartbeat failed; the lease still runs"),
+            Err(error) => {
+                tracing::warn!(job_id = %lease.job_id, %error, "heartbeat failed; the lease still runs")
+            }
         }
     }
 }
@@ -217,7 +241,10 @@ async fn run(ctx: &Arc<Context>, job: &Job, watch: Arc<Watch>) -> Attempt {
         Ok(spec) => spec,
         Err(error) => return Attempt::Done(Outcome::Failed(format!("invalid spec: {error}"))),
     };
-    let dir = ctx.settings.work_dir.join(format!("{}-{}", job.id, job.attempt));
+    let dir = ctx
+        .settings
+        .work_dir
+        .join(format!("{}-{}", job.id, job.attempt));
     let result = run_in(ctx, job, spec, &dir, watch).await;
     if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
         if error.kind() != std::io::ErrorKind::NotFound {
@@ -227,7 +254,13 @@ async fn run(ctx: &Arc<Context>, job: &Job, watch: Arc<Watch>) -> Attempt {
     result
 }
 
-async fn run_in(ctx: &Arc<Context>, job: &Job, spec: JobSpec, dir: &Path, watch: Arc<Watch>) -> Attempt {
+async fn run_in(
+    ctx: &Arc<Context>,
+    job: &Job,
+    spec: JobSpec,
+    dir: &Path,
+    watch: Arc<Watch>,
+) -> Attempt {
     let inputs = match download_inputs(ctx, &spec).await {
         Ok(inputs) => inputs,
         Err(attempt) => return attempt,
@@ -238,7 +271,10 @@ async fn run_in(ctx: &Arc<Context>, job: &Job, spec: JobSpec, dir: &Path, watch:
     let hooks = watch.clone();
     let render_dir = out_dir.clone();
     let rendered = tokio::task::spawn_blocking(move || {
-        model.with_model(|m| m.renderer().render(&spec, &inputs, &render_dir, hooks.as_ref()))
+        model.with_model(|m| {
+            m.renderer()
+                .render(&spec, &inputs, &render_dir, hooks.as_ref())
+        })
     })
     .await;
     let report = match rendered {
@@ -255,9 +291,14 @@ async fn run_in(ctx: &Arc<Context>, job: &Job, spec: JobSpec, dir: &Path, watch:
             }
         }
         Ok(Ok(Err(error))) => return Attempt::Done(Outcome::Failed(error.to_string())),
-        Err(panic) => return Attempt::Done(Outcome::Failed(format!("the renderer panicked: {panic}"))),
+        Err(panic) => {
+            return Attempt::Done(Outcome::Failed(format!("the renderer panicked: {panic}")))
+        }
     };
-    if let Some(stop) = watch.reason().filter(|s| matches!(s, Stop::LostLease | Stop::HandBack)) {
+    if let Some(stop) = watch
+        .reason()
+        .filter(|s| matches!(s, Stop::LostLease | Stop::HandBack))
+    {
         return Attempt::Stopped(stop);
     }
 
@@ -285,7 +326,10 @@ fn s3_attempt(error: S3Error) -> Attempt {
 }
 
 /// Downloads every input of `spec`, keyed by its reference (its S3 key).
-async fn download_inputs(ctx: &Context, spec: &JobSpec) -> Result<HashMap<String, Vec<u8>>, Attempt> {
+async fn download_inputs(
+    ctx: &Context,
+    spec: &JobSpec,
+) -> Result<HashMap<String, Vec<u8>>, Attempt> {
     let backoff = Backoff::default();
     let mut inputs = HashMap::new();
     for key in spec.inputs() {
@@ -293,7 +337,9 @@ async fn download_inputs(ctx: &Context, spec: &JobSpec) -> Result<HashMap<String
             continue;
         }
         let size = backoff
-            .retry("input size", &ctx.shutdown, S3Error::is_transient, || ctx.store.size(key))
+            .retry("input size", &ctx.shutdown, S3Error::is_transient, || {
+                ctx.store.size(key)
+            })
             .await
             .map_err(s3_attempt)?;
         match size {
@@ -312,7 +358,9 @@ async fn download_inputs(ctx: &Context, spec: &JobSpec) -> Result<HashMap<String
             Some(_) => {}
         }
         let bytes = backoff
-            .retry("download", &ctx.shutdown, S3Error::is_transient, || ctx.store.get_bytes(key))
+            .retry("download", &ctx.shutdown, S3Error::is_transient, || {
+                ctx.store.get_bytes(key)
+            })
             .await
             .map_err(s3_attempt)?;
         inputs.insert(key.to_owned(), bytes);
@@ -323,7 +371,12 @@ async fn download_inputs(ctx: &Context, spec: &JobSpec) -> Result<HashMap<String
 /// Uploads `files` (relative to `out_dir`) under the job's output prefix;
 /// the keys depend only on the job id and file names, so a retried job
 /// overwrites rather than duplicates.
-async fn upload_outputs(ctx: &Context, job_id: Uuid, out_dir: &Path, files: &[String]) -> Result<Vec<String>, Attempt> {
+async fn upload_outputs(
+    ctx: &Context,
+    job_id: Uuid,
+    out_dir: &Path,
+    files: &[String],
+) -> Result<Vec<String>, Attempt> {
     let backoff = Backoff::default();
     let prefix = output_prefix(&job_id.to_string());
     let mut keys = Vec::with_capacity(files.len());

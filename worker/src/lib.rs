@@ -59,11 +59,17 @@ pub async fn run(
     });
 
     let slots = config.worker.slots;
-    let lanes: Vec<(Lane, u16)> = [(Lane::Interactive, slots.interactive), (Lane::Long, slots.long)]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    anyhow::ensure!(!lanes.is_empty(), "every lane has 0 slots: this worker would take no job");
+    let lanes: Vec<(Lane, u16)> = [
+        (Lane::Interactive, slots.interactive),
+        (Lane::Long, slots.long),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect();
+    anyhow::ensure!(
+        !lanes.is_empty(),
+        "every lane has 0 slots: this worker would take no job"
+    );
     let semaphores: HashMap<Lane, Arc<Semaphore>> = lanes
         .iter()
         .map(|(lane, n)| (*lane, Arc::new(Semaphore::new(*n as usize))))
@@ -106,7 +112,8 @@ async fn consume(
     semaphores: &HashMap<Lane, Arc<Semaphore>>,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<Connection> {
-    let connection = broker::connect(&config.broker, &format!("glowline-worker-{}", ctx.owner)).await?;
+    let connection =
+        broker::connect(&config.broker, &format!("glowline-worker-{}", ctx.owner)).await?;
     let mut consumers = SelectAll::new();
     let mut cancel = Vec::new();
     for (index, (lane, slots)) in lanes.iter().copied().enumerate() {
@@ -116,7 +123,12 @@ async fn consume(
         }
         channel.basic_qos(slots, BasicQosOptions::default()).await?;
         let consumer = channel
-            .basic_consume(lane.queue().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                lane.queue().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         cancel.push((channel, consumer.tag()));
         consumers.push(consumer.map(move |delivery| (lane, delivery)));
@@ -148,7 +160,9 @@ async fn consume(
 
     // Stop taking work but keep the channels: running jobs still ack on them.
     for (channel, tag) in cancel {
-        let _ = channel.basic_cancel(tag, BasicCancelOptions::default()).await;
+        let _ = channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await;
     }
     Ok(connection)
 }
@@ -165,7 +179,10 @@ async fn drain(tasks: &mut JoinSet<()>, config: &WorkerConfig, hand_back: &Shutd
     })
     .await;
     if finished.is_err() {
-        tracing::info!(running = tasks.len(), "shutdown grace over; handing jobs back");
+        tracing::info!(
+            running = tasks.len(),
+            "shutdown grace over; handing jobs back"
+        );
         hand_back.trigger();
         while tasks.join_next().await.is_some() {}
     }

@@ -54,7 +54,12 @@ impl LoadedModel {
 
     /// A renderer borrowing this model.
     pub fn renderer(&self) -> Renderer<'_> {
-        Renderer::new(&self.glow, self.sha256.clone(), self.directions.as_ref(), self.render.clone())
+        Renderer::new(
+            &self.glow,
+            self.sha256.clone(),
+            self.directions.as_ref(),
+            self.render.clone(),
+        )
     }
 }
 

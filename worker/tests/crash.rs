@@ -24,8 +24,14 @@ fn spawn_worker(stack: &Stack) -> Child {
         .env(var("S3__BUCKET"), &config.s3.bucket)
         .env(var("WORKER__MODEL"), &config.worker.model)
         .env(var("WORKER__DEVICE"), "cpu")
-        .env(var("WORKER__LEASE_SECS"), config.worker.lease_secs.to_string())
-        .env(var("WORKER__HEARTBEAT_SECS"), config.worker.heartbeat_secs.to_string())
+        .env(
+            var("WORKER__LEASE_SECS"),
+            config.worker.lease_secs.to_string(),
+        )
+        .env(
+            var("WORKER__HEARTBEAT_SECS"),
+            config.worker.heartbeat_secs.to_string(),
+        )
         .env(var("WORKER__WORK_DIR"), &config.worker.work_dir)
         .env("AWS_ACCESS_KEY_ID", TEST_S3_ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", TEST_S3_SECRET_KEY)
@@ -43,20 +49,34 @@ async fn a_worker_killed_mid_render_leaves_its_job_to_be_finished_once() {
     let spec = stack.client.prepare(&path).await.unwrap();
 
     let mut doomed = spawn_worker(&stack);
-    let id = stack.client.submit(&spec, &SubmitOptions::default(), Via::Queue).await.unwrap();
-    stack.wait_for(id, "the first worker to be rendering", |j| j.status == JobStatus::Running && j.progress > 0.0).await;
+    let id = stack
+        .client
+        .submit(&spec, &SubmitOptions::default(), Via::Queue)
+        .await
+        .unwrap();
+    stack
+        .wait_for(id, "the first worker to be rendering", |j| {
+            j.status == JobStatus::Running && j.progress > 0.0
+        })
+        .await;
     doomed.kill().unwrap();
     doomed.wait().unwrap();
 
     let mut survivor = spawn_worker(&stack);
-    let job = stack.wait_for(id, "the job to finish", |j| j.status.is_terminal()).await;
+    let job = stack
+        .wait_for(id, "the job to finish", |j| j.status.is_terminal())
+        .await;
     survivor.kill().unwrap();
     survivor.wait().unwrap();
 
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     assert_eq!(job.attempt, 2);
     let events = stack.events(id).await;
-    assert_eq!(events.iter().filter(|e| *e == "succeeded").count(), 1, "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| *e == "succeeded").count(),
+        1,
+        "{events:?}"
+    );
     assert!(events.contains(&"lease_expired".to_owned()), "{events:?}");
     let store = stack.env.store().await;
     let mut stored = store.list(&format!("jobs/{id}/")).await.unwrap();

@@ -44,7 +44,13 @@ async fn morph_and_edit(name: &str, model: &Path) {
         let path = inputs.path().join(file);
         std::fs::write(&path, spec.to_string()).unwrap();
         let prepared = stack.client.prepare(&path).await.unwrap();
-        ids.push(stack.client.submit(&prepared, &SubmitOptions::default(), Via::Queue).await.unwrap());
+        ids.push(
+            stack
+                .client
+                .submit(&prepared, &SubmitOptions::default(), Via::Queue)
+                .await
+                .unwrap(),
+        );
     }
 
     let sha = glow::render::sha256_file(model).unwrap();
@@ -56,7 +62,15 @@ async fn morph_and_edit(name: &str, model: &Path) {
         assert_eq!(job.progress, 1.0);
         assert_eq!(job.model_hash.as_deref(), Some(sha.as_str()));
         assert_eq!(job.attempt, 1);
-        assert_eq!(store.list(&format!("jobs/{id}/")).await.unwrap(), job.output_keys.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            store.list(&format!("jobs/{id}/")).await.unwrap(),
+            job.output_keys
+                .iter()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
 
         let out = tempfile::tempdir().unwrap();
         let files = stack.client.download(&job, out.path()).await.unwrap();
@@ -80,7 +94,9 @@ async fn a_morph_and_an_edit_render_end_to_end_with_a_tiny_model() {
 
 #[tokio::test]
 async fn a_morph_and_an_edit_render_end_to_end_with_the_shipped_model() {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(SHIPPED_MODEL);
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(SHIPPED_MODEL);
     if !model.exists() {
         // The shipped model is committed separately from this test; until it
         // is, only the tiny-model test above covers the pipeline.
@@ -109,7 +125,11 @@ async fn a_batch_of_twenty_edits_runs_to_success() {
         })
         .collect();
 
-    let (batch, jobs) = stack.client.submit_batch(&manifest, inputs.path(), Some("twenty")).await.unwrap();
+    let (batch, jobs) = stack
+        .client
+        .submit_batch(&manifest, inputs.path(), Some("twenty"))
+        .await
+        .unwrap();
     assert_eq!(jobs.len(), 20);
     let status = stack.client.wait_batch(batch, false).await.unwrap();
     assert_eq!(status.status, "succeeded");
@@ -130,27 +150,50 @@ fn slow_sweep(dir: &Path) -> std::path::PathBuf {
 async fn cancelling_a_queued_and_a_running_job() {
     let mut stack = Stack::start("cancel").await;
     let inputs = tempfile::tempdir().unwrap();
-    let spec = stack.client.prepare(&slow_sweep(inputs.path())).await.unwrap();
+    let spec = stack
+        .client
+        .prepare(&slow_sweep(inputs.path()))
+        .await
+        .unwrap();
 
     // No worker yet: the first job is still queued when cancelled.
-    let queued = stack.client.submit(&spec, &SubmitOptions::default(), Via::Http).await.unwrap();
+    let queued = stack
+        .client
+        .submit(&spec, &SubmitOptions::default(), Via::Http)
+        .await
+        .unwrap();
     assert_eq!(stack.client.cancel(queued).await.unwrap(), "cancelled");
 
-    let running = stack.client.submit(&spec, &SubmitOptions::default(), Via::Http).await.unwrap();
+    let running = stack
+        .client
+        .submit(&spec, &SubmitOptions::default(), Via::Http)
+        .await
+        .unwrap();
     stack.start_worker(stack.worker_config(tiny_model())).await;
-    stack.wait_for(running, "the job to render", |j| j.status == JobStatus::Running && j.progress > 0.0).await;
+    stack
+        .wait_for(running, "the job to render", |j| {
+            j.status == JobStatus::Running && j.progress > 0.0
+        })
+        .await;
     assert_eq!(stack.client.cancel(running).await.unwrap(), "requested");
-    let job = stack.wait_for(running, "the cancel to land", |j| j.status.is_terminal()).await;
+    let job = stack
+        .wait_for(running, "the cancel to land", |j| j.status.is_terminal())
+        .await;
     assert_eq!(job.status, JobStatus::Cancelled);
     assert!(job.progress < 1.0);
 
     let queued_job = stack.client.job(queued).await.unwrap();
     assert_eq!(queued_job.status, JobStatus::Cancelled);
-    assert_eq!(queued_job.attempt, 0, "a cancelled queued job is never claimed");
+    assert_eq!(
+        queued_job.attempt, 0,
+        "a cancelled queued job is never claimed"
+    );
     let env = &stack.env;
-    jobs::testkit::eventually("the work queue to drain", Duration::from_secs(20), || async {
-        (env.queue_depth(Lane::Long.queue()) == (0, 0)).then_some(())
-    })
+    jobs::testkit::eventually(
+        "the work queue to drain",
+        Duration::from_secs(20),
+        || async { (env.queue_depth(Lane::Long.queue()) == (0, 0)).then_some(()) },
+    )
     .await;
     stack.stop().await;
 }
@@ -160,30 +203,53 @@ async fn bad_inputs_fail_their_jobs_with_the_reason_and_the_worker_goes_on() {
     let mut stack = Stack::start("bad_inputs").await;
     stack.start_worker(stack.worker_config(tiny_model())).await;
     let store = stack.env.store().await;
-    store.put_bytes("uploads/bad/notes.png", b"this is not an image".to_vec(), "image/png").await.unwrap();
-    store.put_bytes("uploads/good/face.png", common::face_png(3), "image/png").await.unwrap();
+    store
+        .put_bytes(
+            "uploads/bad/notes.png",
+            b"this is not an image".to_vec(),
+            "image/png",
+        )
+        .await
+        .unwrap();
+    store
+        .put_bytes("uploads/good/face.png", common::face_png(3), "image/png")
+        .await
+        .unwrap();
 
     let http = reqwest::Client::new();
     let submit = |input: &str| {
         let body = json!({ "spec": { "version": 1, "operation": { "kind": "mix", "from": input, "to": "uploads/good/face.png", "alpha": 0.5 } } });
-        let request = http.post(format!("{}/v1/jobs", stack.scheduler_url)).json(&body);
+        let request = http
+            .post(format!("{}/v1/jobs", stack.scheduler_url))
+            .json(&body);
         async move {
             let response: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
-            response["job"]["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
+            response["job"]["id"]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap()
         }
     };
     let missing = submit("uploads/nowhere/face.png").await;
     let not_image = submit("uploads/bad/notes.png").await;
     let good = submit("uploads/good/face.png").await;
 
-    for (id, reason) in [(missing, "does not exist"), (not_image, "uploads/bad/notes.png")] {
-        let job = stack.wait_for(id, "the bad job to fail", |j| j.status.is_terminal()).await;
+    for (id, reason) in [
+        (missing, "does not exist"),
+        (not_image, "uploads/bad/notes.png"),
+    ] {
+        let job = stack
+            .wait_for(id, "the bad job to fail", |j| j.status.is_terminal())
+            .await;
         assert_eq!(job.status, JobStatus::Failed);
         let error = job.error.unwrap();
         assert!(error.contains(reason), "{error:?} should say {reason:?}");
         assert_eq!(job.attempt, 1, "a permanent error is not retried");
     }
-    let job = stack.wait_for(good, "the good job", |j| j.status.is_terminal()).await;
+    let job = stack
+        .wait_for(good, "the good job", |j| j.status.is_terminal())
+        .await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     assert_eq!(stack.env.queue_depth(Lane::Interactive.queue()), (0, 0));
     assert_eq!(stack.env.queue_depth(DEAD_LETTER_QUEUE).0, 0);
@@ -197,19 +263,41 @@ async fn a_job_longer_than_the_ack_handoff_is_neither_cut_off_nor_run_twice() {
     config.worker.ack_handoff_secs = 1;
     stack.start_worker(config).await;
     let inputs = tempfile::tempdir().unwrap();
-    let spec = stack.client.prepare(&slow_sweep(inputs.path())).await.unwrap();
-    let id = stack.client.submit(&spec, &SubmitOptions::default(), Via::Queue).await.unwrap();
+    let spec = stack
+        .client
+        .prepare(&slow_sweep(inputs.path()))
+        .await
+        .unwrap();
+    let id = stack
+        .client
+        .submit(&spec, &SubmitOptions::default(), Via::Queue)
+        .await
+        .unwrap();
 
-    stack.wait_for(id, "the job to run past the hand-off", |j| j.status == JobStatus::Running && j.progress > 0.0).await;
+    stack
+        .wait_for(id, "the job to run past the hand-off", |j| {
+            j.status == JobStatus::Running && j.progress > 0.0
+        })
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let running = stack.client.job(id).await.unwrap();
     if running.status == JobStatus::Running {
-        assert_eq!(stack.env.queue_depth(Lane::Long.queue()), (0, 0), "the message was acknowledged early");
+        assert_eq!(
+            stack.env.queue_depth(Lane::Long.queue()),
+            (0, 0),
+            "the message was acknowledged early"
+        );
     }
-    let job = stack.wait_for(id, "the job to finish", |j| j.status.is_terminal()).await;
+    let job = stack
+        .wait_for(id, "the job to finish", |j| j.status.is_terminal())
+        .await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     assert_eq!(job.attempt, 1);
     let events = stack.events(id).await;
-    assert_eq!(events.iter().filter(|e| *e == "claimed").count(), 1, "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| *e == "claimed").count(),
+        1,
+        "{events:?}"
+    );
     stack.stop().await;
 }

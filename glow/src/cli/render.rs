@@ -55,6 +55,10 @@ pub struct RenderArgs {
     /// The ffmpeg program for MP4 output.
     #[arg(long, env = "GLOWLINE_FFMPEG", default_value = "ffmpeg")]
     ffmpeg: PathBuf,
+    /// The face detector's weights, for aligning photos [default: the
+    /// workspace's models/mtcnn.safetensors, written by scripts/setup.sh].
+    #[arg(long, env = "GLOWLINE_DETECTOR")]
+    detector: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -113,6 +117,10 @@ pub fn render(args: RenderArgs) -> Result<()> {
         },
         decode_memory: args.decode_mib * MIB,
         ffmpeg: args.ffmpeg.clone(),
+        detector: args
+            .detector
+            .clone()
+            .unwrap_or_else(glow::align::default_detector_path),
         ..RenderConfig::default()
     };
     let renderer = Renderer::new(&model, model_sha256, directions.as_ref(), config);
@@ -137,6 +145,14 @@ fn print_summary(report: &RenderReport, out: &Path) {
     );
     for name in &report.outputs {
         println!("  {name}");
+    }
+    for faces in &report.faces {
+        println!(
+            "{}: {} found, aligned face {} (numbered from 0, left to right)",
+            faces.input,
+            if faces.found == 1 { "1 face".to_string() } else { format!("{} faces", faces.found) },
+            faces.used
+        );
     }
     println!(
         "{:.2}s: read {:.2}s, encode {:.2}s, decode {:.2}s, compose {:.2}s, png {:.2}s, gif {:.2}s, mp4 {:.2}s",

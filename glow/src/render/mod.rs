@@ -3,7 +3,8 @@
 //!
 //! [`Renderer::render`] is the one entry point, used by `glow render` on a
 //! laptop and by queue workers alike. It reads the input photos through an
-//! [`InputSource`], crops and encodes them, turns the operation into a
+//! [`InputSource`], aligns each face to the training framing ([`crate::align`],
+//! unless the spec skips it), crops and encodes them, turns the operation into a
 //! [`plan`] of latents to decode, decodes them in batches sized to a memory
 //! budget (reporting progress and honouring cancellation between batches
 //! through [`RenderHooks`]), then upscales and writes the outputs:
@@ -28,6 +29,7 @@ pub mod plan;
 pub mod report;
 pub mod video;
 
+use std::cell::OnceCell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -36,6 +38,7 @@ use contract::spec::{playback_order, Format, JobSpec, Operation, SpecError};
 use image::RgbImage;
 use tch::Tensor;
 
+use crate::align::{AlignError, Aligner};
 use crate::config::GlowConfig;
 use crate::data::{face_tensor, tensor_to_image};
 use crate::directions::{Directions, DirectionsError};
@@ -45,7 +48,7 @@ use crate::model::Glow;
 pub use hooks::{NoHooks, ProgressBarHooks, RenderHooks, Stage};
 pub use input::{decode_image, DirInputs, ImageLimits, InputError, InputSource};
 pub use output::OutputError;
-pub use report::{sha256_file, FrameCounts, RenderReport, Timings, REPORT_FILE};
+pub use report::{sha256_file, FrameCounts, InputFaces, RenderReport, Timings, REPORT_FILE};
 pub use video::VideoError;
 
 use output::{compose, contact_sheet, sheet_picks, write_png, GifWriter};
@@ -94,6 +97,9 @@ pub struct RenderConfig {
     pub max_batch: usize,
     /// The `ffmpeg` program used for MP4.
     pub ffmpeg: PathBuf,
+    /// The face detector's weights (see [`crate::align`]), loaded when a
+    /// job first needs alignment.
+    pub detector: PathBuf,
 }
 
 impl Default for RenderConfig {
@@ -103,6 +109,7 @@ impl Default for RenderConfig {
             decode_memory: DEFAULT_DECODE_MEMORY,
             max_batch: DEFAULT_MAX_BATCH,
             ffmpeg: PathBuf::from("ffmpeg"),
+            detector: crate::align::default_detector_path(),
         }
     }
 }
@@ -117,6 +124,10 @@ pub enum RenderError {
     /// An input photo was refused.
     #[error(transparent)]
     Input(#[from] InputError),
+
+    /// An input photo has no usable face, or the detector is missing.
+    #[error(transparent)]
+    Align(#[from] AlignError),
 
     /// The attribute directions are missing a name, mismatched or unreadable.
     #[error(transparent)]
@@ -181,6 +192,9 @@ pub struct Renderer<'a> {
     model_sha256: String,
     directions: Option<&'a Directions>,
     config: RenderConfig,
+    /// The face detector, loaded on the model's device by the first job
+    /// that aligns a photo.
+    aligner: OnceCell<Aligner>,
 }
 
 fn check_cancel(hooks: &dyn RenderHooks) -> Result<(), RenderError> {
@@ -204,6 +218,7 @@ impl<'a> Renderer<'a> {
             model_sha256: model_sha256.into(),
             directions,
             config,
+            aligner: OnceCell::new(),
         }
     }
 
@@ -240,7 +255,8 @@ impl<'a> Renderer<'a> {
         let mut timings = Timings::default();
 
         hooks.stage(Stage::ReadInputs);
-        let photos = timed(&mut timings.read_inputs, || self.read_faces(spec, inputs))?;
+        let (photos, faces_found) =
+            timed(&mut timings.read_inputs, || self.read_faces(spec, inputs))?;
         check_cancel(hooks)?;
 
         hooks.stage(Stage::Encode);
@@ -301,6 +317,7 @@ impl<'a> Renderer<'a> {
             outputs,
             device: crate::device::describe(self.model.device()),
             decode_batch: self.decode_batch(),
+            faces: faces_found,
             timings,
             glowline_version: env!("CARGO_PKG_VERSION").to_string(),
         };
@@ -342,22 +359,51 @@ impl<'a> Renderer<'a> {
         Ok(Some(vector.to_device(self.model.device())))
     }
 
-    /// The input photos, decoded and cropped to the model's size, as uint8
-    /// `[K, 3, S, S]` in the order of [`JobSpec::inputs`].
+    /// The input photos, decoded, aligned unless the spec skips it, and
+    /// cropped to the model's size, as uint8 `[K, 3, S, S]` in the order of
+    /// [`JobSpec::inputs`]; with the faces found in each aligned photo.
     fn read_faces(
         &self,
         spec: &JobSpec,
         inputs: &dyn InputSource,
-    ) -> Result<Vec<Tensor>, RenderError> {
+    ) -> Result<(Vec<Tensor>, Vec<InputFaces>), RenderError> {
         let size = self.model.config().image_size;
-        spec.inputs()
-            .into_iter()
-            .map(|reference| {
-                let bytes = inputs.read(reference)?;
-                let photo = decode_image(&bytes, reference, &self.config.limits)?;
-                Ok(face_tensor(&photo, size))
-            })
-            .collect()
+        let mut faces = Vec::new();
+        let mut found = Vec::new();
+        for reference in spec.inputs() {
+            let bytes = inputs.read(reference)?;
+            let photo = decode_image(&bytes, reference, &self.config.limits)?;
+            if spec.alignment.skip {
+                faces.push(face_tensor(&photo, size));
+                continue;
+            }
+            let choice = spec.face_choice(reference).map(|i| i as usize);
+            let aligned = self.aligner()?.align(&photo, choice, reference)?;
+            tracing::info!(
+                input = reference,
+                faces = aligned.faces.len(),
+                chosen = aligned.chosen,
+                scale = aligned.transform.scale(),
+                degrees = aligned.transform.degrees(),
+                "aligned"
+            );
+            faces.push(face_tensor(&aligned.image, size));
+            found.push(InputFaces {
+                input: reference.to_string(),
+                found: aligned.faces.len(),
+                used: aligned.chosen,
+            });
+        }
+        Ok((faces, found))
+    }
+
+    /// The face detector, loaded on first use.
+    fn aligner(&self) -> Result<&Aligner, AlignError> {
+        if let Some(aligner) = self.aligner.get() {
+            return Ok(aligner);
+        }
+        let loaded = Aligner::load(&self.config.detector, self.model.device())?;
+        Ok(self.aligner.get_or_init(|| loaded))
     }
 
     /// Latents of the input faces `[K, D]` and, for a sample job, the drawn

@@ -36,10 +36,25 @@ pub struct RenderReport {
     pub device: String,
     /// Faces decoded per batch.
     pub decode_batch: usize,
+    /// The faces found in each aligned input photo, in the order of the
+    /// spec's inputs; empty when the spec skips alignment.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faces: Vec<InputFaces>,
     /// Seconds spent in each stage.
     pub timings: Timings,
     /// The Glowline version that rendered.
     pub glowline_version: String,
+}
+
+/// The faces found in one input photo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InputFaces {
+    /// The input reference.
+    pub input: String,
+    /// How many faces the detector found.
+    pub found: usize,
+    /// The face that was aligned, numbered from 0 left to right.
+    pub used: usize,
 }
 
 /// How many pictures a render made.
@@ -56,7 +71,7 @@ pub struct FrameCounts {
 /// Seconds per stage.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timings {
-    /// Reading, decoding and cropping the input photos.
+    /// Reading, decoding, aligning and cropping the input photos.
     pub read_inputs: f64,
     /// Encoding the inputs (or drawing the samples).
     pub encode: f64,

@@ -47,6 +47,8 @@ pub fn tiny_model() -> &'static Path {
             ..GlowConfig::default()
         };
         let glow = Glow::new(&config, tch::Device::Cpu).unwrap();
+        let batch = tch::Tensor::randint(256, [4, 3, 16, 16], (tch::Kind::Uint8, tch::Device::Cpu));
+        glow.initialize(&batch).unwrap();
         glow.save(&path, Precision::F32, &BTreeMap::new()).unwrap();
 
         // Directions from random latents, half with every attribute and
@@ -68,11 +70,18 @@ pub fn tiny_model() -> &'static Path {
 /// A 64 x 64 PNG face stand-in whose colours depend on `seed`.
 pub fn face_png(seed: u8) -> Vec<u8> {
     let image = image::RgbImage::from_fn(64, 64, |x, y| {
-        image::Rgb([(x as u8).wrapping_mul(4).wrapping_add(seed), (y as u8).wrapping_mul(4), seed.wrapping_mul(37)])
+        image::Rgb([
+            (x as u8).wrapping_mul(4).wrapping_add(seed),
+            (y as u8).wrapping_mul(4),
+            seed.wrapping_mul(37),
+        ])
     });
     let mut bytes = Vec::new();
     image
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
         .unwrap();
     bytes
 }
@@ -80,17 +89,23 @@ pub fn face_png(seed: u8) -> Vec<u8> {
 /// Writes `count` face PNGs into `dir` as `face0.png`, `face1.png`, ...
 pub fn write_faces(dir: &Path, count: u8) {
     for i in 0..count {
-        std::fs::write(dir.join(format!("face{i}.png")), face_png(i * 50)).unwrap();
+        std::fs::write(
+            dir.join(format!("face{i}.png")),
+            face_png(i.wrapping_mul(50)),
+        )
+        .unwrap();
     }
 }
 
 /// A worker config for `env` rendering with `model`, with short leases so
 /// that a dead worker's job comes back within seconds.
 pub fn worker_config(env: &TestEnv, model: &Path, work_dir: &Path) -> WorkerConfig {
-    let mut config = WorkerConfig::default();
-    config.database = env.database.clone();
-    config.broker = env.broker.clone();
-    config.s3 = env.s3.clone();
+    let mut config = WorkerConfig {
+        database: env.database.clone(),
+        broker: env.broker.clone(),
+        s3: env.s3.clone(),
+        ..WorkerConfig::default()
+    };
     config.worker.model = model.to_owned();
     config.worker.device = "cpu".into();
     config.worker.lease_secs = 3;
@@ -203,11 +218,24 @@ pub fn mp4_frames(bytes: &[u8]) -> u64 {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), bytes).unwrap();
     let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(file.path())
         .output()
         .expect("run ffprobe");
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("ffprobe prints a frame count")
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("ffprobe prints a frame count")
 }
 
 /// Width and height of the PNG `bytes`.
