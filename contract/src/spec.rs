@@ -1288,7 +1288,10 @@ mod tests {
             "{unknown}"
         );
         let contradictory = message(parse(&with(r#"{"skip": true, "faces": {"a.jpg": 1}}"#)));
-        assert!(contradictory.contains("alignment.skip is true"), "{contradictory}");
+        assert!(
+            contradictory.contains("alignment.skip is true"),
+            "{contradictory}"
+        );
         let huge = message(parse(&with(r#"{"faces": {"a.jpg": 1000}}"#)));
         assert!(huge.contains("alignment.faces.a.jpg is 1000"), "{huge}");
         let typo = message(parse(&with(r#"{"skipp": true}"#)));

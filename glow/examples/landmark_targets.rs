@@ -9,8 +9,9 @@
 //! Takes COUNT training images evenly spread over the split's full-size
 //! (178 x 218) files, leaving out half-size copies whose landmarks would be
 //! coarser, runs the detector on each, keeps the largest face, and
-//! prints the mean and standard deviation of each landmark, then the mean
-//! as a Rust constant.
+//! prints the mean and standard deviation of each landmark, then the means
+//! and the root mean square distances from them as Rust constants
+//! (`TARGET_LANDMARKS`, `TARGET_SPREAD`).
 
 use anyhow::{bail, Context, Result};
 use glow::align::{Aligner, Detection, ALIGNED_HEIGHT, ALIGNED_WIDTH};
@@ -65,7 +66,11 @@ fn main() -> Result<()> {
     let n = found as f64;
     let mean = sum.map(|[x, y]| [x / n, y / n]);
     for (k, name) in NAMES.iter().enumerate() {
-        let sd = |axis: usize| (sum_sq[k][axis] / n - mean[k][axis].powi(2)).max(0.0).sqrt();
+        let sd = |axis: usize| {
+            (sum_sq[k][axis] / n - mean[k][axis].powi(2))
+                .max(0.0)
+                .sqrt()
+        };
         println!(
             "{name:>18}: x {:7.2} (sd {:5.2})  y {:7.2} (sd {:5.2})",
             mean[k][0],
@@ -79,6 +84,18 @@ fn main() -> Result<()> {
         println!("    [{x:.2}, {y:.2}],");
     }
     println!("];");
+    let spread: Vec<String> = (0..5)
+        .map(|k| {
+            let variance: f64 = (0..2)
+                .map(|axis| sum_sq[k][axis] / n - mean[k][axis].powi(2))
+                .sum();
+            format!("{:.2}", variance.max(0.0).sqrt())
+        })
+        .collect();
+    println!(
+        "pub const TARGET_SPREAD: [f64; 5] = [{}];",
+        spread.join(", ")
+    );
     Ok(())
 }
 

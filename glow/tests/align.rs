@@ -24,15 +24,24 @@ use tch::Device;
 const COMPARE_SIZE: u32 = 64;
 
 /// Smallest PSNR (dB) between an aligned face and the same face cropped
-/// directly, both at the model's 64 px. The aligned face is warped to the
-/// mean landmark positions of the training set, not to this image's own
-/// ones, so it differs from the direct crop by this face's deviation from
-/// the mean (about a pixel at 64 px) on top of resampling and detector
-/// jitter; the measured values lie between 21 and 30 dB. A face aligned
-/// off by 3 px at 64 px, or turned by 5 degrees, falls below 19 dB, as does
-/// any other face, so 20 dB separates "this face, well framed" from
-/// everything else with room for JPEG and upscaling losses.
-const PSNR_BAR: f64 = 20.0;
+/// directly from its CelebA image, both at the model's 64 px. The aligned
+/// face goes to the mean landmark positions of the training set, not to
+/// this image's own, so it differs from the direct crop by this face's own
+/// offset from the mean (up to 3 degrees and 8% in scale among the
+/// examples), on top of detector jitter and two resamplings; the cases
+/// here measure 16.6 to 26.3 dB. Another example face measures 8 to 12.4
+/// dB against the same aligned result (the test checks that too),
+/// so 15 dB says "this face, framed about right"; the fitted scale and
+/// angle are held to the tighter bounds below.
+const PSNR_BAR: f64 = 15.0;
+
+/// Largest relative scale error of a fit, against the placement undone and
+/// the image's own alignment redone: MTCNN's landmarks jitter by about 2%
+/// of the face between crops, and a 6% error moves the crop's edge by 2 px
+/// at 64 px.
+const MAX_SCALE_ERROR: f64 = 0.06;
+/// Largest rotation error of a fit in degrees, measured the same way.
+const MAX_TURN_ERROR: f64 = 3.0;
 
 fn aligner() -> Aligner {
     let path = glow::align::default_detector_path();
@@ -103,10 +112,7 @@ fn synthetic(face: &RgbImage, scale: f64, degrees: f64, offset: [u32; 2]) -> (Rg
     let diagonal = (f64::from(face.width()).hypot(f64::from(face.height())) * scale).ceil() as u32;
     let margin = diagonal / 2 + 40;
     let mut photo = background(offset[0] + 2 * margin, offset[1] + 2 * margin);
-    let centre = [
-        f64::from(margin + offset[0]),
-        f64::from(margin + offset[1]),
-    ];
+    let centre = [f64::from(margin + offset[0]), f64::from(margin + offset[1])];
     place(&mut photo, face, scale, degrees, centre);
     (photo, centre)
 }
@@ -145,49 +151,66 @@ fn faces_at_any_offset_scale_and_tilt_come_back_as_the_direct_crop() {
         ("188073", 1.6, 30.0, [90, 10]),
         ("190211", 3.0, -18.0, [20, 60]),
         ("192824", 2.2, 7.0, [300, 120]),
+        ("189587", 0.3, -30.0, [50, 40]),
+        ("192232", 2.0, 20.0, [70, 40]),
     ];
     let mut report = Vec::new();
     for (name, scale, degrees, offset) in cases {
         let face = example(name);
-        let (photo, centre) = synthetic(&face, scale, degrees, offset);
+        let (photo, _) = synthetic(&face, scale, degrees, offset);
         let aligned = aligner.align(&photo, None, name).unwrap();
-        assert_eq!(aligned.faces.len(), 1, "{name}: one face expected");
-
-        // The fitted transform undoes the placement.
-        let t = aligned.transform;
-        assert!(
-            (t.scale() * scale - 1.0).abs() < 0.1,
-            "{name}: scale {} for a face placed at {scale}",
-            t.scale()
-        );
-        assert!(
-            (t.degrees() + degrees).abs() < 4.0,
-            "{name}: turned {} for a face placed at {degrees}",
-            t.degrees()
-        );
-        let mapped = t.apply(centre);
-        assert!(
-            (mapped[0] - 89.0).abs() < 6.0 && (mapped[1] - 109.0).abs() < 6.0,
-            "{name}: the placed centre lands at {mapped:?}"
-        );
-
         let value = aligned_psnr(&aligned, &face);
-        report.push(format!("{name} x{scale} {degrees:+} deg: {value:.1} dB"));
-        assert!(value >= PSNR_BAR, "{name}: PSNR {value:.1} dB; {report:?}");
+
+        // The fit must undo the placement and then do what aligning the
+        // CelebA image itself does (its face is a little off the mean).
+        let own = aligner.align(&face, None, name).unwrap().transform;
+        let t = aligned.transform;
+        let scale_error = t.scale() * scale / own.scale() - 1.0;
+        let turn_error = t.degrees() + degrees - own.degrees();
+        report.push(format!(
+            "{name} at {scale}x, {degrees:+} deg: {value:.1} dB, scale off by {:+.1}%, turn by {turn_error:+.1} deg",
+            100.0 * scale_error
+        ));
+        assert!(scale_error.abs() < MAX_SCALE_ERROR, "{report:#?}");
+        assert!(turn_error.abs() < MAX_TURN_ERROR, "{report:#?}");
+        assert!(value >= PSNR_BAR, "{report:#?}");
+
+        let other = example(if name == "193636" { "183461" } else { "193636" });
+        let stranger = aligned_psnr(&aligned, &other);
+        assert!(
+            stranger < PSNR_BAR,
+            "{name} looks like another face: {stranger:.1} dB"
+        );
     }
     println!("{}", report.join("\n"));
 }
 
 #[test]
-fn an_aligned_crop_is_only_slightly_off_the_celeba_framing() {
-    // An example face as it is: aligning it again must barely move it.
+fn every_example_face_is_found_and_barely_moved() {
+    // The examples are CelebA's own aligned crops: each is found, and
+    // aligning it again (on its largest face) must move it only by its own
+    // offset from the mean framing. The demo jobs align them too.
     let aligner = aligner();
-    let face = example("193636");
-    let aligned = aligner.align(&face, None, "193636").unwrap();
-    let t = aligned.transform;
-    assert!((t.scale() - 1.0).abs() < 0.08, "scale {}", t.scale());
-    assert!(t.degrees().abs() < 5.0, "turned {}", t.degrees());
-    assert!(aligned_psnr(&aligned, &face) >= PSNR_BAR);
+    let mut names: Vec<PathBuf> = std::fs::read_dir(examples())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 16);
+    for path in names {
+        let face = image::open(&path).unwrap().to_rgb8();
+        let name = path.display().to_string();
+        let aligned = aligner.align(&face, None, &name).unwrap();
+        let t = aligned.transform;
+        // 184825 has a second person at its right edge, half in the dark.
+        let expected = if name.ends_with("184825.jpg") { 2 } else { 1 };
+        assert_eq!(aligned.faces.len(), expected, "{name}: {:?}", aligned.faces);
+        assert!((t.scale() - 1.0).abs() < 0.1, "{name}: scale {}", t.scale());
+        assert!(t.degrees().abs() < 5.0, "{name}: turned {}", t.degrees());
+        let value = aligned_psnr(&aligned, &face);
+        assert!(value >= PSNR_BAR, "{name}: PSNR {value:.1} dB");
+    }
 }
 
 #[test]
@@ -220,11 +243,13 @@ fn two_faces_are_numbered_left_to_right_and_the_largest_is_the_default() {
     assert_eq!(largest.faces.len(), 2);
     assert_eq!(largest.chosen, 1, "the larger face is on the right");
     assert!(largest.faces[0].bbox[0] < largest.faces[1].bbox[0]);
-    assert!(aligned_psnr(&largest, &right) >= PSNR_BAR);
+    let value = aligned_psnr(&largest, &right);
+    assert!(value >= PSNR_BAR, "the larger face: {value:.1} dB");
 
     let named = aligner.align(&photo, Some(0), "pair.png").unwrap();
     assert_eq!(named.chosen, 0);
-    assert!(aligned_psnr(&named, &left) >= PSNR_BAR);
+    let value = aligned_psnr(&named, &left);
+    assert!(value >= PSNR_BAR, "the smaller face: {value:.1} dB");
 
     let err = aligner.align(&photo, Some(2), "pair.png").unwrap_err();
     assert!(
@@ -265,7 +290,8 @@ fn a_photo_stored_sideways_with_an_exif_orientation_aligns() {
     let exif = [
         0x49, 0x49, 0x2A, 0x00, 0x08, 0x00, 0x00, 0x00, // little-endian TIFF, IFD at 8
         0x01, 0x00, // one entry
-        0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, // Orientation = 6
+        0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00,
+        0x00, // Orientation = 6
         0x00, 0x00, 0x00, 0x00, // no next IFD
     ];
     let mut bytes = Vec::new();
@@ -283,7 +309,10 @@ fn a_photo_stored_sideways_with_an_exif_orientation_aligns() {
     let decoded = decode_image(&bytes, "phone.jpg", &ImageLimits::default()).unwrap();
     assert_eq!(decoded.dimensions(), upright.dimensions());
     let aligned = aligner().align(&decoded, None, "phone.jpg").unwrap();
-    assert!(aligned.transform.degrees().abs() < 14.0, "the face stands upright");
+    assert!(
+        aligned.transform.degrees().abs() < 14.0,
+        "the face stands upright"
+    );
     let value = aligned_psnr(&aligned, &face);
     assert!(value >= PSNR_BAR, "PSNR {value:.1} dB");
 }
@@ -310,10 +339,16 @@ impl JobFixture {
     }
 
     fn render(&self, spec: &str) -> Result<glow::render::RenderReport, RenderError> {
-        let renderer = glow::render::Renderer::new(&self.model, "tiny", None, RenderConfig::default());
+        let renderer =
+            glow::render::Renderer::new(&self.model, "tiny", None, RenderConfig::default());
         let spec = JobSpec::from_json(spec)?;
         let out = tempfile::tempdir().unwrap();
-        renderer.render(&spec, &DirInputs::new(self.dir.path()), out.path(), &NoHooks)
+        renderer.render(
+            &spec,
+            &DirInputs::new(self.dir.path()),
+            out.path(),
+            &NoHooks,
+        )
     }
 }
 
@@ -363,9 +398,12 @@ fn jobs_report_the_faces_found_pick_one_and_fail_without_one() {
 
 #[test]
 fn a_missing_detector_is_named() {
-    let err = Aligner::load(std::path::Path::new("/nowhere/mtcnn.safetensors"), Device::Cpu)
-        .err()
-        .unwrap();
+    let err = Aligner::load(
+        std::path::Path::new("/nowhere/mtcnn.safetensors"),
+        Device::Cpu,
+    )
+    .err()
+    .unwrap();
     assert!(
         err.to_string()
             .contains("/nowhere/mtcnn.safetensors: cannot load the face detector"),

@@ -168,7 +168,10 @@ impl Mtcnn {
         let x = self.prelu(&self.conv(&x, "rnet.conv2"), "rnet.prelu2");
         let x = max_pool(&x, 3, 2);
         let x = self.prelu(&self.conv(&x, "rnet.conv3"), "rnet.prelu3");
-        let x = self.prelu(&self.dense(&flatten_transposed(&x), "rnet.dense4"), "rnet.prelu4");
+        let x = self.prelu(
+            &self.dense(&flatten_transposed(&x), "rnet.dense4"),
+            "rnet.prelu4",
+        );
         let prob = self.dense(&x, "rnet.dense5_1").softmax(1, Kind::Float);
         (prob.select(1, 1), self.dense(&x, "rnet.dense5_2"))
     }
@@ -183,7 +186,10 @@ impl Mtcnn {
         let x = self.prelu(&self.conv(&x, "onet.conv3"), "onet.prelu3");
         let x = max_pool(&x, 2, 2);
         let x = self.prelu(&self.conv(&x, "onet.conv4"), "onet.prelu4");
-        let x = self.prelu(&self.dense(&flatten_transposed(&x), "onet.dense5"), "onet.prelu5");
+        let x = self.prelu(
+            &self.dense(&flatten_transposed(&x), "onet.dense5"),
+            "onet.prelu5",
+        );
         let prob = self.dense(&x, "onet.dense6_1").softmax(1, Kind::Float);
         (
             prob.select(1, 1),

@@ -4,7 +4,7 @@
 //! translation `t`): it keeps a face's proportions, so a tilted or distant
 //! face is straightened and resized but never stretched. [`Similarity::fit`]
 //! finds the one that moves a set of points closest to their targets in the
-//! least-squares sense (Umeyama 1991, reflection excluded).
+//! weighted least-squares sense (Umeyama 1991, reflection excluded).
 //!
 //! [`warp`] samples the output with a Catmull-Rom bicubic filter. When the
 //! output is smaller than the face in the photo, the region it covers is
@@ -53,16 +53,21 @@ impl Similarity {
         }
     }
 
-    /// The least-squares similarity from `from` to `to` (equal lengths, at
-    /// least two distinct points).
-    pub fn fit(from: &[Point], to: &[Point]) -> Similarity {
-        assert_eq!(from.len(), to.len(), "point sets of equal size");
-        let n = from.len() as f64;
+    /// The similarity from `from` to `to` that minimizes the sum of
+    /// `weights[k]` times the squared distance between the moved `from[k]`
+    /// and `to[k]` (equal lengths, positive weights, at least two distinct
+    /// points).
+    pub fn fit(from: &[Point], to: &[Point], weights: &[f64]) -> Similarity {
+        assert!(
+            from.len() == to.len() && to.len() == weights.len(),
+            "point sets and weights of equal size"
+        );
+        let total: f64 = weights.iter().sum();
         let mean = |points: &[Point]| {
-            let sum = points
-                .iter()
-                .fold([0.0, 0.0], |acc, p| [acc[0] + p[0], acc[1] + p[1]]);
-            [sum[0] / n, sum[1] / n]
+            let sum = points.iter().zip(weights).fold([0.0, 0.0], |acc, (p, w)| {
+                [acc[0] + w * p[0], acc[1] + w * p[1]]
+            });
+            [sum[0] / total, sum[1] / total]
         };
         let (mf, mt) = (mean(from), mean(to));
 
@@ -70,12 +75,12 @@ impl Similarity {
         // cross-covariance onto rotation-scalings, divided by the spread of
         // the source points.
         let (mut dot, mut cross, mut spread) = (0.0, 0.0, 0.0);
-        for (p, q) in from.iter().zip(to) {
+        for ((p, q), w) in from.iter().zip(to).zip(weights) {
             let (px, py) = (p[0] - mf[0], p[1] - mf[1]);
             let (qx, qy) = (q[0] - mt[0], q[1] - mt[1]);
-            dot += px * qx + py * qy;
-            cross += px * qy - py * qx;
-            spread += px * px + py * py;
+            dot += w * (px * qx + py * qy);
+            cross += w * (px * qy - py * qx);
+            spread += w * (px * px + py * py);
         }
         let a = dot / spread;
         let b = cross / spread;
@@ -103,6 +108,17 @@ impl Similarity {
             self.a * p[0] - self.b * p[1] + self.tx,
             self.b * p[0] + self.a * p[1] + self.ty,
         ]
+    }
+
+    /// This transform followed by `next`.
+    pub fn then(&self, next: &Similarity) -> Similarity {
+        let t = next.apply([self.tx, self.ty]);
+        Similarity {
+            a: next.a * self.a - next.b * self.b,
+            b: next.b * self.a + next.a * self.b,
+            tx: t[0],
+            ty: t[1],
+        }
     }
 
     /// The transform that undoes this one.
@@ -215,13 +231,21 @@ mod tests {
         let truth = Similarity::new(1.7, 23.0, [12.0, -5.0]);
         let from = [[10.0, 20.0], [40.0, 22.0], [25.0, 35.0], [14.0, 50.0]];
         let to = from.map(|p| truth.apply(p));
-        let fit = Similarity::fit(&from, &to);
+        let fit = Similarity::fit(&from, &to, &[1.0, 2.0, 0.5, 1.0]);
         assert!((fit.scale() - 1.7).abs() < 1e-9);
         assert!((fit.degrees() - 23.0).abs() < 1e-9);
         for p in from {
             assert!(close(fit.apply(p), truth.apply(p)));
         }
-        assert!(close(fit.inverse().apply(fit.apply([3.0, 4.0])), [3.0, 4.0]));
+        assert!(close(
+            fit.inverse().apply(fit.apply([3.0, 4.0])),
+            [3.0, 4.0]
+        ));
+        let next = Similarity::new(0.5, -40.0, [1.0, 2.0]);
+        assert!(close(
+            fit.then(&next).apply([7.0, -2.0]),
+            next.apply(fit.apply([7.0, -2.0]))
+        ));
     }
 
     #[test]

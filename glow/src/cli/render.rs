@@ -150,7 +150,11 @@ fn print_summary(report: &RenderReport, out: &Path) {
         println!(
             "{}: {} found, aligned face {} (numbered from 0, left to right)",
             faces.input,
-            if faces.found == 1 { "1 face".to_string() } else { format!("{} faces", faces.found) },
+            if faces.found == 1 {
+                "1 face".to_string()
+            } else {
+                format!("{} faces", faces.found)
+            },
             faces.used
         );
     }
