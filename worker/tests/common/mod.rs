@@ -249,6 +249,7 @@ pub fn png_size(bytes: &[u8]) -> (u32, u32) {
 pub fn slow_sweep_spec() -> serde_json::Value {
     serde_json::json!({
         "version": 1,
+        "alignment": { "skip": true },
         "operation": { "kind": "mix_sweep", "from": "face0.png", "to": "face1.png", "frames": 600 },
         "output": { "size": 512, "formats": ["frames"] }
     })
