@@ -3,7 +3,7 @@
 //! (`glow::align::TARGET_LANDMARKS`).
 //!
 //! ```sh
-//! cargo run -p glow --example landmark_targets -- ../shared/data/celeba 4000
+//! cargo run -p glow --example landmark_targets -- ../shared/data/celeba 1000
 //! ```
 //!
 //! Takes COUNT training images evenly spread over the split's full-size
