@@ -121,7 +121,10 @@ impl Drop for TestEnv {
             .args([
                 &self.database.url,
                 "-qc",
-                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.database.schema),
+                &format!(
+                    "SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS {} CASCADE",
+                    self.database.schema
+                ),
             ])
             .output();
     }

@@ -17,6 +17,11 @@ use sqlx::PgPool;
 
 use crate::config::RelayConfig;
 
+/// How long one publish may wait for the broker's confirm. Confirms come in
+/// milliseconds from a healthy broker; past this the channel is taken as
+/// broken and rebuilt, and the batch's row locks are released.
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs the relay until `shutdown`, reconnecting after failures.
 pub async fn run(
     pool: PgPool,
@@ -83,15 +88,26 @@ async fn relay_batch(pool: &PgPool, channel: &Channel, batch_size: i64) -> anyho
         let properties = broker::json_properties()
             .with_message_id(format!("outbox-{}", message.id).into())
             .with_priority(message.priority.clamp(0, 255) as u8);
-        match broker::publish_confirmed(
+        let publish = broker::publish_confirmed(
             channel,
             &message.exchange,
             &message.routing_key,
             &body,
             properties,
-        )
-        .await
-        {
+        );
+        let Ok(outcome) = tokio::time::timeout(CONFIRM_TIMEOUT, publish).await else {
+            // The rows stay locked while we wait, so a broker that never
+            // answers must not hold them (and the transaction) for ever.
+            tracing::warn!(
+                outbox_id = message.id,
+                "no publisher confirm in time; reconnecting"
+            );
+            store::mark_failed(&mut tx, message.id, "no publisher confirm in time").await?;
+            store::mark_sent(&mut tx, &sent).await?;
+            tx.commit().await?;
+            anyhow::bail!("no publisher confirm within {CONFIRM_TIMEOUT:?}");
+        };
+        match outcome {
             Ok(()) => sent.push(message.id),
             Err(error) => {
                 tracing::warn!(outbox_id = message.id, exchange = %message.exchange, routing_key = %message.routing_key, %error, "publish failed");
