@@ -49,3 +49,6 @@ fi
 if [ ! -f "$DETECTOR_WEIGHTS" ] || [ scripts/convert_mtcnn.py -nt "$DETECTOR_WEIGHTS" ]; then
     .venv/bin/python scripts/convert_mtcnn.py "$DETECTOR_WEIGHTS"
 fi
+
+# promtool, with which the tests check the services' /metrics.
+scripts/promtool.sh

@@ -187,9 +187,108 @@ pub struct SubmitRequest {
 /// S3 prefix under which clients upload inputs; specs may name nothing else.
 pub const INPUT_PREFIX: &str = "uploads/";
 
+/// S3 prefix under which every job's outputs live, one folder per job.
+pub const OUTPUTS_PREFIX: &str = "jobs/";
+
 /// The S3 prefix holding a job's outputs: `jobs/<id>/`.
 pub fn output_prefix(job_id: &str) -> String {
-    format!("jobs/{job_id}/")
+    format!("{OUTPUTS_PREFIX}{job_id}/")
+}
+
+/// Longest object key S3 stores.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Why a string is not an object key Glowline may read or write.
+///
+/// Keys are confined to [`INPUT_PREFIX`] and [`OUTPUTS_PREFIX`] of the one
+/// configured bucket, and are taken literally: they are never URL-decoded,
+/// never name a bucket, and never walk out of their folder. Each message
+/// quotes the key (escaped) and says what is allowed instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key is empty; name an object under {prefix:?}")]
+    Empty { prefix: &'static str },
+    #[error("key is {len} bytes long; S3 keys hold at most {MAX_KEY_BYTES}")]
+    TooLong { len: usize },
+    #[error(
+        "key {key:?} is a URL; name an object key under {prefix:?} of the \
+         configured bucket, never another bucket or address"
+    )]
+    Url { key: String, prefix: &'static str },
+    #[error("key {key:?} is an absolute path; keys are relative to the bucket, under {prefix:?}")]
+    Absolute { key: String, prefix: &'static str },
+    #[error(
+        "key {key:?} holds {found:?}; keys are taken literally (never URL-decoded) and may \
+         only hold ASCII letters, digits, `-`, `_`, `.` and `/` between segments"
+    )]
+    Character { key: String, found: char },
+    #[error("key {key:?} has a `..`, `.` or empty segment; keys may not leave their folder")]
+    Traversal { key: String },
+    #[error("key {key:?} does not name an object under {prefix:?}, the only folder it may name")]
+    OutsidePrefix { key: String, prefix: &'static str },
+}
+
+/// Checks that `key` names an object inside `prefix` (which ends in `/`):
+/// plain ASCII segments, no traversal, no URL, at least one segment below
+/// the prefix.
+pub fn check_key(key: &str, prefix: &'static str) -> Result<(), KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty { prefix });
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KeyError::TooLong { len: key.len() });
+    }
+    if key.contains("://") {
+        return Err(KeyError::Url {
+            key: key.to_owned(),
+            prefix,
+        });
+    }
+    if key.starts_with('/') || key.starts_with('\\') {
+        return Err(KeyError::Absolute {
+            key: key.to_owned(),
+            prefix,
+        });
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
+    if let Some(found) = key.chars().find(|c| !allowed(*c)) {
+        return Err(KeyError::Character {
+            key: key.to_owned(),
+            found,
+        });
+    }
+    let below = key.strip_prefix(prefix);
+    if below.is_none_or(str::is_empty) {
+        return Err(KeyError::OutsidePrefix {
+            key: key.to_owned(),
+            prefix,
+        });
+    }
+    if key
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Err(KeyError::Traversal {
+            key: key.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a job's input reference: an uploaded object under [`INPUT_PREFIX`].
+pub fn check_input_key(key: &str) -> Result<(), KeyError> {
+    check_key(key, INPUT_PREFIX)
+}
+
+/// Checks a key (or a listing prefix without its trailing `/`) that the
+/// job system reads or writes: an input under [`INPUT_PREFIX`] or an output
+/// under [`OUTPUTS_PREFIX`]. Anything else in the bucket is out of reach.
+pub fn check_stored_key(key: &str) -> Result<(), KeyError> {
+    if key.starts_with(OUTPUTS_PREFIX) {
+        check_key(key, OUTPUTS_PREFIX)
+    } else {
+        check_key(key, INPUT_PREFIX)
+    }
 }
 
 /// The scheduler's answer to a submission on [`SUBMIT_QUEUE`], sent to the
@@ -256,6 +355,44 @@ mod tests {
             .filter(|s| !s.is_terminal())
             .collect();
         assert_eq!(live, [JobStatus::Queued, JobStatus::Running]);
+    }
+
+    #[test]
+    fn input_keys_stay_inside_the_upload_folder() {
+        assert_eq!(check_input_key("uploads/0b1c/0-face_1.png"), Ok(()));
+        let reject = |key: &str| check_input_key(key).unwrap_err().to_string();
+        assert_eq!(
+            reject("uploads/../jobs/x/result.png"),
+            r#"key "uploads/../jobs/x/result.png" has a `..`, `.` or empty segment; keys may not leave their folder"#
+        );
+        assert!(reject("/etc/passwd").contains("is an absolute path"));
+        assert!(reject("\\uploads\\x.png").contains("is an absolute path"));
+        assert!(reject("s3://other-bucket/uploads/x.png").contains("is a URL"));
+        assert!(reject("uploads/%2e%2e/jobs/x").contains("holds '%'"));
+        assert!(reject("uploads/a\\b.png").contains("holds '\\\\'"));
+        assert!(reject("uploads/f\u{e4}ce.png").contains("holds '\u{e4}'"));
+        assert!(reject("uploads/x\u{202e}gnp.exe").contains("holds '\\u{202e}'"));
+        assert!(reject("uploads/a\nb").contains("holds '\\n'"));
+        assert!(reject("uploads//x.png").contains("empty segment"));
+        assert!(reject("uploads/./x.png").contains("empty segment"));
+        assert!(reject("uploads/").contains("does not name an object under \"uploads/\""));
+        assert!(reject("jobs/x/result.png").contains("does not name an object under \"uploads/\""));
+        assert!(reject("other-bucket/uploads/x.png").contains("does not name an object under"));
+        assert_eq!(
+            reject(&format!("uploads/{}", "a".repeat(1100))),
+            "key is 1108 bytes long; S3 keys hold at most 1024"
+        );
+        assert!(reject("").contains("key is empty"));
+    }
+
+    #[test]
+    fn stored_keys_are_inputs_or_outputs() {
+        assert_eq!(check_stored_key("uploads/a/face.png"), Ok(()));
+        assert_eq!(check_stored_key("jobs/0192/frames/frame_0001.png"), Ok(()));
+        assert_eq!(check_stored_key("jobs/0192"), Ok(()));
+        assert!(check_stored_key("jobs/").is_err());
+        assert!(check_stored_key("jobs/../uploads/x").is_err());
+        assert!(check_stored_key("secrets/key.pem").is_err());
     }
 
     #[test]

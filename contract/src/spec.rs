@@ -3,7 +3,7 @@
 //!
 //! A spec names its `version` (currently [`SPEC_VERSION`]), one
 //! [`Operation`] (edit, edit sweep, mix, mix sweep, morph chain, nine-way
-//! morph or sample), the [`OutputOptions`], the [`AlignmentOptions`] (skip
+//! morph, sample, or a probe that renders nothing), the [`OutputOptions`], the [`AlignmentOptions`] (skip
 //! face alignment, or pick a face in a group photo) and a seed. Faces are referenced
 //! by opaque strings: a path relative to the spec file when rendering
 //! locally, an object key when a worker resolves it; resolving them is the
@@ -484,6 +484,12 @@ pub enum Operation {
         /// 0.7 is the Glow paper's choice for clean faces.
         temperature: f64,
     },
+
+    /// Nothing to render: a worker answers a probe without the model and
+    /// writes only its report. A probe that succeeds shows that the whole
+    /// job system works (submission, dispatch, a worker's claim, S3, the
+    /// terminal status); its timings are the plumbing's own cost.
+    Probe {},
 }
 
 /// How the results are written.
@@ -564,7 +570,7 @@ impl fmt::Display for Format {
 }
 
 /// The kind names of all operations, as [`Operation::kind`] returns them.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "edit",
     "edit_sweep",
     "mix",
@@ -572,6 +578,7 @@ pub const KINDS: [&str; 7] = [
     "morph_chain",
     "nine_way_morph",
     "sample",
+    "probe",
 ];
 
 impl Operation {
@@ -585,6 +592,7 @@ impl Operation {
             Operation::MorphChain { .. } => "morph_chain",
             Operation::NineWayMorph { .. } => "nine_way_morph",
             Operation::Sample { .. } => "sample",
+            Operation::Probe {} => "probe",
         }
     }
 
@@ -592,7 +600,10 @@ impl Operation {
     pub fn is_animation(&self) -> bool {
         !matches!(
             self,
-            Operation::Edit { .. } | Operation::Mix { .. } | Operation::Sample { .. }
+            Operation::Edit { .. }
+                | Operation::Mix { .. }
+                | Operation::Sample { .. }
+                | Operation::Probe {}
         )
     }
 
@@ -607,7 +618,7 @@ impl Operation {
             Operation::NineWayMorph { base, targets, .. } => std::iter::once(base.as_str())
                 .chain(targets.iter().map(String::as_str))
                 .collect(),
-            Operation::Sample { .. } => Vec::new(),
+            Operation::Sample { .. } | Operation::Probe {} => Vec::new(),
         }
     }
 
@@ -617,6 +628,7 @@ impl Operation {
         match self {
             Operation::Edit { .. } | Operation::Mix { .. } => 1,
             Operation::Sample { count, .. } => u64::from(*count),
+            Operation::Probe {} => 0,
             Operation::EditSweep { frames, .. }
             | Operation::MixSweep { frames, .. }
             | Operation::NineWayMorph { frames, .. } => u64::from(*frames),
@@ -687,6 +699,7 @@ impl Operation {
                 check_count("operation.count", *count, 1, MAX_SAMPLES)?;
                 check_range("operation.temperature", *temperature, 0.0, MAX_TEMPERATURE)?;
             }
+            Operation::Probe {} => {}
         }
         Ok(())
     }
@@ -716,7 +729,7 @@ impl Operation {
                     )
                     .collect()
             }
-            Operation::Sample { .. } => Vec::new(),
+            Operation::Sample { .. } | Operation::Probe {} => Vec::new(),
         }
     }
 }
@@ -829,8 +842,10 @@ impl JobSpec {
         }
 
         let animation = self.operation.is_animation();
+        let probe = matches!(self.operation, Operation::Probe {});
         for format in &out.formats {
             let reason = match format {
+                _ if probe => Some("a probe renders nothing and writes only its report"),
                 Format::Png if animation => {
                     Some("an animation's frames are written by `frames`, its overview by `contact_sheet`")
                 }
@@ -999,6 +1014,10 @@ mod tests {
                     .to_string(),
                 "sample",
             ),
+            (
+                r#"{"version": 1, "operation": {"kind": "probe"}}"#.to_string(),
+                "probe",
+            ),
         ];
         for (json, kind) in specs {
             let spec = parse(&json).unwrap_or_else(|e| panic!("{kind}: {e}"));
@@ -1163,6 +1182,19 @@ mod tests {
             Err(SpecError::OddVideoSize { size: 255 })
         ));
         assert!(parse(&with_output(r#"{"size": 255, "formats": ["gif"]}"#)).is_ok());
+    }
+
+    #[test]
+    fn a_probe_has_no_inputs_and_no_formats() {
+        let probe = parse(r#"{"version": 1, "operation": {"kind": "probe"}}"#).unwrap();
+        assert!(probe.inputs().is_empty());
+        assert!(!probe.operation.is_animation());
+        assert_eq!(probe.played_frames(), 0);
+        let with_png = r#"{"version": 1, "operation": {"kind": "probe"},
+            "output": {"formats": ["png"]}}"#;
+        assert!(message(parse(with_png)).contains("a probe renders nothing"));
+        let with_field = r#"{"version": 1, "operation": {"kind": "probe", "input": "a.jpg"}}"#;
+        assert!(message(parse(with_field)).contains("unknown field `input`"));
     }
 
     #[test]

@@ -90,6 +90,13 @@ pub struct TrainState {
     pub train_seconds: f64,
     /// What the model was trained on.
     pub data: String,
+    /// Steps taken by the current optimizer moments (their bias correction).
+    /// Equal to `step` unless the run was warm-started from a shipped model.
+    #[serde(default)]
+    pub optimizer_step: u64,
+    /// `images_seen` when the current learning-rate warm-up began.
+    #[serde(default)]
+    pub warmup_start: u64,
 }
 
 /// Metadata key of the [`TrainState`] (JSON).
@@ -222,11 +229,11 @@ impl Optimizer {
 }
 
 /// Linear warm-up to the peak learning rate over `warmup_images`.
-pub fn learning_rate(cfg: &TrainConfig, images_seen: u64) -> f64 {
+pub fn learning_rate(cfg: &TrainConfig, images_since_warmup: u64) -> f64 {
     if cfg.warmup_images == 0 {
         return cfg.learning_rate;
     }
-    cfg.learning_rate * (images_seen as f64 / cfg.warmup_images as f64).min(1.0)
+    cfg.learning_rate * (images_since_warmup as f64 / cfg.warmup_images as f64).min(1.0)
 }
 
 /// Figures of one optimizer step.
@@ -243,6 +250,14 @@ pub struct Trainer {
     pub config: TrainConfig,
     pub optimizer: Optimizer,
     pub state: TrainState,
+}
+
+/// The [`TrainState`] in a checkpoint's or shipped model's metadata.
+fn read_state(file: &ModelFile, path: &Path) -> Result<TrainState> {
+    let json = file.metadata.get(STATE_KEY).ok_or_else(|| {
+        GlowError::checkpoint(path, format!("no `{STATE_KEY}` metadata: not a trained model"))
+    })?;
+    serde_json::from_str(json).map_err(|e| GlowError::checkpoint(path, e.to_string()))
 }
 
 /// Seed of the dequantization noise of batch `index` of a run seeded with
@@ -270,18 +285,7 @@ impl Trainer {
     pub fn resume(glow: Glow, config: TrainConfig, path: &Path) -> Result<Self> {
         let file = ModelFile::read(path)?;
         file.load_into(&glow, path)?;
-        let state: TrainState = file
-            .metadata
-            .get(STATE_KEY)
-            .ok_or_else(|| {
-                GlowError::checkpoint(
-                    path,
-                    format!("no `{STATE_KEY}` metadata: not a training checkpoint"),
-                )
-            })
-            .and_then(|s| {
-                serde_json::from_str(s).map_err(|e| GlowError::checkpoint(path, e.to_string()))
-            })?;
+        let state = read_state(&file, path)?;
         let mut optimizer = Optimizer::new(&glow, config.optimizer);
         optimizer.load_state(&file, path)?;
         Ok(Trainer {
@@ -290,6 +294,33 @@ impl Trainer {
             optimizer,
             state,
         })
+    }
+
+    /// Continues training a shipped model (f16 weights, no optimizer state),
+    /// e.g. on a new machine where the training checkpoint is gone. The counts
+    /// carry on from the model's metadata; the optimizer starts afresh with a
+    /// new learning-rate warm-up, so this is a warm start, not an exact resume.
+    pub fn warm_start(glow: Glow, config: TrainConfig, path: &Path) -> Result<Self> {
+        let file = ModelFile::read(path)?;
+        file.load_into(&glow, path)?;
+        let mut state = read_state(&file, path)?;
+        state.optimizer_step = 0;
+        state.warmup_start = state.images_seen;
+        let optimizer = Optimizer::new(&glow, config.optimizer);
+        Ok(Trainer {
+            glow,
+            config,
+            optimizer,
+            state,
+        })
+    }
+
+    /// The learning rate after the images seen so far.
+    pub fn learning_rate(&self) -> f64 {
+        learning_rate(
+            &self.config,
+            self.state.images_seen - self.state.warmup_start,
+        )
     }
 
     /// One optimizer step on a uint8 batch. A loss that is not finite stops
@@ -321,11 +352,13 @@ impl Trainer {
             });
         }
         let batch = images.size()[0] as u64;
-        let lr = learning_rate(&self.config, self.state.images_seen + batch);
-        self.optimizer.step(&self.config, lr, step);
+        self.state.images_seen += batch;
+        self.state.optimizer_step += 1;
+        let lr = self.learning_rate();
+        self.optimizer
+            .step(&self.config, lr, self.state.optimizer_step);
         self.glow.weights_changed();
         self.state.step = step;
-        self.state.images_seen += batch;
         Ok(StepStats {
             bits_per_dim: value,
             grad_norm,
@@ -498,7 +531,7 @@ pub fn run(
     let checkpoint_every = Duration::from_secs_f64(cfg.checkpoint_minutes * 60.0);
     let mut last_checkpoint = Instant::now();
     let mut window = Window::default();
-    let mut session_start = Instant::now();
+    let session_start = Instant::now();
     let base_seconds = trainer.state.train_seconds;
 
     for batch in loader {
@@ -530,11 +563,9 @@ pub fn run(
         }
     }
     if window.steps > 0 {
-        let lr = learning_rate(&cfg, trainer.state.images_seen);
+        let lr = trainer.learning_rate();
         checkpoint_now(trainer, files, watch, &mut window, lr)?;
     }
-    session_start = Instant::now();
-    let _ = session_start;
     bar.finish_and_clear();
     Ok(trainer.state.clone())
 }

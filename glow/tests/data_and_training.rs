@@ -186,7 +186,14 @@ fn run_config() -> TrainConfig {
     }
 }
 
-fn train_to(dir: &Path, images: u64, resume: bool, watch: &Watch) -> Trainer {
+/// How [`train_to`] begins.
+enum Start<'a> {
+    Fresh,
+    Resume,
+    WarmFrom(&'a Path),
+}
+
+fn train_to(dir: &Path, images: u64, start: Start, watch: &Watch) -> Trainer {
     let entries = Dataset::open(example_face_paths()[0].parent().unwrap())
         .unwrap()
         .split(Split::Train);
@@ -198,10 +205,10 @@ fn train_to(dir: &Path, images: u64, resume: bool, watch: &Watch) -> Trainer {
     let files = RunFiles {
         dir: dir.to_path_buf(),
     };
-    let mut trainer = if resume {
-        Trainer::resume(glow, cfg, &files.checkpoint()).unwrap()
-    } else {
-        Trainer::new(glow, cfg, "examples".into())
+    let mut trainer = match start {
+        Start::Fresh => Trainer::new(glow, cfg, "examples".into()),
+        Start::Resume => Trainer::resume(glow, cfg, &files.checkpoint()).unwrap(),
+        Start::WarmFrom(model) => Trainer::warm_start(glow, cfg, model).unwrap(),
     };
     train::run(
         &mut trainer,
@@ -221,10 +228,10 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
         reconstruct: Some(example_faces(16).narrow(0, 0, 2)),
     };
     let straight_dir = tempfile::tempdir().unwrap();
-    let straight = train_to(straight_dir.path(), 24, false, &watch);
+    let straight = train_to(straight_dir.path(), 24, Start::Fresh, &watch);
     let split_dir = tempfile::tempdir().unwrap();
-    train_to(split_dir.path(), 12, false, &watch);
-    let resumed = train_to(split_dir.path(), 24, true, &watch);
+    train_to(split_dir.path(), 12, Start::Fresh, &watch);
+    let resumed = train_to(split_dir.path(), 24, Start::Resume, &watch);
 
     assert_eq!(straight.state.step, 6);
     assert_eq!(resumed.state.step, 6);
@@ -255,6 +262,55 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     assert_eq!((samples.width(), samples.height()), (8 * 16, 2 * 16));
     let recon = image::open(files.reconstructions(6)).unwrap();
     assert_eq!((recon.width(), recon.height()), (2 * 16, 2 * 16));
+}
+
+#[test]
+fn a_shipped_model_warm_starts_a_new_run_with_its_counts() {
+    let watch = Watch {
+        valid: None,
+        reconstruct: None,
+    };
+    let first = tempfile::tempdir().unwrap();
+    let trained = train_to(first.path(), 12, Start::Fresh, &watch);
+    // A shipped model: f16 weights and the training state, no optimizer.
+    let model = first.path().join("shipped.safetensors");
+    let state = serde_json::to_string(&trained.state).unwrap();
+    let meta = [(train::STATE_KEY.to_string(), state)].into();
+    trained
+        .glow
+        .save(&model, glow::Precision::F16, &meta)
+        .unwrap();
+
+    let glow = Glow::new(&small_config(16, Coupling::Affine), cpu()).unwrap();
+    let warm = Trainer::warm_start(glow, run_config(), &model).unwrap();
+    assert_eq!((warm.state.step, warm.state.images_seen), (3, 12));
+    assert_eq!(warm.state.optimizer_step, 0);
+    assert_eq!(warm.learning_rate(), 0.0, "the warm-up starts again");
+    for (name, v) in trained.glow.var_store().variables() {
+        let loaded = &warm.glow.var_store().variables()[&name];
+        assert!(max_abs_diff(&v, loaded) < 1e-2, "{name} was not loaded");
+    }
+
+    let second = tempfile::tempdir().unwrap();
+    let continued = train_to(second.path(), 24, Start::WarmFrom(&model), &watch);
+    assert_eq!(continued.state.step, 6);
+    assert_eq!(continued.state.images_seen, 24);
+    assert_eq!(continued.state.optimizer_step, 3);
+    assert_eq!(continued.state.warmup_start, 12);
+    assert_eq!(continued.learning_rate(), 1e-3);
+
+    // A model file without training state is refused by name.
+    let bare = first.path().join("bare.safetensors");
+    trained
+        .glow
+        .save(&bare, glow::Precision::F16, &Default::default())
+        .unwrap();
+    let glow = Glow::new(&small_config(16, Coupling::Affine), cpu()).unwrap();
+    let err = Trainer::warm_start(glow, run_config(), &bare)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("glowline.train"), "{err}");
 }
 
 #[test]

@@ -3,6 +3,11 @@
 //! follows it with a progress bar and downloads its outputs; also reads,
 //! lists and cancels jobs and submits batches.
 //!
+//! Every API call carries the bearer token from `GLOWLINE_API_TOKEN` (or
+//! the first line of the file named by `GLOWLINE_API_TOKEN_FILE`). Outputs
+//! are downloaded through the presigned URLs in the job's status, never
+//! with glowctl's own S3 credentials.
+//!
 //! The binary is a thin shell over [`Client`], which tests drive directly.
 
 use std::path::{Path, PathBuf};
@@ -14,10 +19,11 @@ use contract::spec::{JobSpec, Operation};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use jobs::config::{BrokerConfig, S3Config};
-use jobs::s3::Store;
+use jobs::s3::{Download, Store};
 use jobs::store::{BatchStatus, Job};
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -78,19 +84,40 @@ pub struct SubmitOptions {
 /// A client of one Glowline deployment.
 pub struct Client {
     config: ClientConfig,
+    /// Calls the scheduler's API, with the bearer token when there is one.
     http: reqwest::Client,
+    /// Fetches presigned URLs: no token, which is for the scheduler only.
+    downloads: reqwest::Client,
     store: Store,
 }
 
 impl Client {
-    /// A client for `config`, with S3 `credentials`.
+    /// A client for `config`, with S3 `credentials` for uploading inputs.
     pub fn new(config: ClientConfig, credentials: jobs::s3::Credentials) -> Self {
         let store = Store::new(&config.s3, credentials);
         Self {
             config,
             http: reqwest::Client::new(),
+            downloads: reqwest::Client::new(),
             store,
         }
+    }
+
+    /// This client, sending `token` as `Authorization: Bearer` on every API
+    /// call (none when `None`).
+    pub fn with_api_token(mut self, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| anyhow::anyhow!("the API token holds characters a header cannot"))?;
+            // Keeps the token out of reqwest's and hyper's debug output.
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        self.http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?;
+        Ok(self)
     }
 
     fn url(&self, path: &str) -> String {
@@ -274,18 +301,31 @@ impl Client {
         }
     }
 
-    /// Downloads the outputs of `job` into `dir`, keeping their paths below
-    /// the job's prefix; returns the files written.
+    /// Fresh download URLs for the outputs of job `id`.
+    pub async fn download_links(&self, id: Uuid) -> anyhow::Result<Vec<Download>> {
+        let body: serde_json::Value = checked(
+            self.http
+                .get(self.url(&format!("/v1/jobs/{id}")))
+                .send()
+                .await?,
+        )
+        .await?;
+        Ok(serde_json::from_value(body["outputs"].clone())?)
+    }
+
+    /// Downloads the outputs of `job` into `dir` through presigned URLs,
+    /// keeping their paths below the job's prefix; returns the files written.
     pub async fn download(&self, job: &Job, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let prefix = contract::queue::output_prefix(&job.id.to_string());
         let mut written = Vec::new();
-        for key in &job.output_keys {
+        for link in self.download_links(job.id).await? {
+            let key = &link.key;
             let relative = key
                 .strip_prefix(&prefix)
                 .context("output key outside the job's prefix")?;
             if relative
                 .split('/')
-                .any(|part| part == ".." || part.is_empty())
+                .any(|part| part == ".." || part == "." || part.is_empty())
             {
                 bail!("refusing output key {key:?}");
             }
@@ -293,7 +333,18 @@ impl Client {
             if let Some(parent) = path.parent() {
                 tokio::fs::create_dir_all(parent).await?;
             }
-            self.store.download(key, &path).await?;
+            let response = self.downloads.get(&link.url).send().await?;
+            let status = response.status();
+            if !status.is_success() {
+                let body = response.text().await.unwrap_or_default();
+                bail!(
+                    "downloading {key}: the store answered {status}: {}",
+                    s3_error_message(&body)
+                );
+            }
+            tokio::fs::write(&path, response.bytes().await?)
+                .await
+                .with_context(|| format!("writing {}", path.display()))?;
             written.push(path);
         }
         Ok(written)
@@ -398,6 +449,13 @@ async fn checked<T: serde::de::DeserializeOwned>(response: reqwest::Response) ->
     Ok(response.json().await?)
 }
 
+/// The `<Message>` of an S3 error document, or a note that it has none.
+fn s3_error_message(body: &str) -> &str {
+    body.split_once("<Message>")
+        .and_then(|(_, rest)| rest.split_once("</Message>"))
+        .map_or("no reason given", |(message, _)| message)
+}
+
 /// Rewrites every input reference of `operation` with `rename`.
 fn map_inputs(operation: &mut Operation, mut rename: impl FnMut(&str) -> String) {
     match operation {
@@ -413,7 +471,7 @@ fn map_inputs(operation: &mut Operation, mut rename: impl FnMut(&str) -> String)
             *base = rename(base);
             targets.iter_mut().for_each(|t| *t = rename(t));
         }
-        Operation::Sample { .. } => {}
+        Operation::Sample { .. } | Operation::Probe {} => {}
     }
 }
 

@@ -75,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
     jobs::telemetry::init();
     let args = Args::parse();
     let config: ClientConfig = jobs::config::load(args.config.as_deref(), ENV_PREFIX)?;
-    let client = Client::new(config, jobs::s3::credentials_from_env()?);
+    let token = jobs::config::api_tokens(None)?.into_iter().next();
+    let client =
+        Client::new(config, jobs::s3::credentials_from_env()?).with_api_token(token.as_deref())?;
 
     match args.command {
         Command::Submit {

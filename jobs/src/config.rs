@@ -19,6 +19,14 @@ pub const DATABASE_PASSWORD_ENV: &str = "GLOWLINE_DATABASE_PASSWORD";
 /// Environment variable holding the RabbitMQ password, if not guest's.
 pub const BROKER_PASSWORD_ENV: &str = "GLOWLINE_BROKER_PASSWORD";
 
+/// Environment variable holding the scheduler API's bearer token, read by
+/// the scheduler (which accepts it) and by glowctl (which sends it).
+pub const API_TOKEN_ENV: &str = "GLOWLINE_API_TOKEN";
+
+/// Environment variable naming a file of API tokens, one per line (a
+/// mounted secret); glowctl sends the first.
+pub const API_TOKEN_FILE_ENV: &str = "GLOWLINE_API_TOKEN_FILE";
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -36,6 +44,38 @@ pub enum ConfigError {
     NotATable { var: String, key: String },
     #[error("invalid configuration (after environment overrides): {0}")]
     Invalid(Box<toml::de::Error>),
+    #[error("cannot read the API token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The API tokens configured for this process: [`API_TOKEN_ENV`], then
+/// every line of the token file (`file`, else [`API_TOKEN_FILE_ENV`]).
+/// Blank lines and lines starting with `#` are skipped; surrounding
+/// whitespace is not part of a token.
+pub fn api_tokens(file: Option<&Path>) -> Result<Vec<String>, ConfigError> {
+    let mut tokens: Vec<String> = std::env::var(API_TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .into_iter()
+        .collect();
+    let file = file
+        .map(Path::to_owned)
+        .or_else(|| std::env::var_os(API_TOKEN_FILE_ENV).map(PathBuf::from));
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::TokenFile { path, source })?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    Ok(tokens)
 }
 
 /// Loads `T` from the TOML file at `path` (all defaults when `None`), then

@@ -1,12 +1,17 @@
 //! S3 transfers for inputs and outputs: a client built from [`S3Config`]
 //! (endpoint, region, path-style addressing, checksum mode), downloads to
-//! local files, and uploads that switch to multipart for large files.
+//! local files, uploads that switch to multipart for large files, and
+//! presigned download URLs that expire.
 //!
 //! Keys are never taken from users as-is: inputs live under
 //! [`contract::queue::INPUT_PREFIX`] and outputs under a job's own prefix
-//! ([`contract::queue::output_prefix`]); see [`valid_input_key`].
+//! ([`contract::queue::output_prefix`]). Every operation of [`Store`] checks
+//! its key with [`contract::queue::check_stored_key`] before any request, so
+//! even a key that slipped past validation cannot reach the rest of the
+//! bucket, and the bucket itself is fixed by the configuration.
 
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::config::http::HttpResponse;
 pub use aws_sdk_s3::config::Credentials;
@@ -15,10 +20,14 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use chrono::{DateTime, Utc};
+use contract::queue::{check_stored_key, KeyError};
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::config::{ChecksumMode, S3Config};
@@ -30,6 +39,14 @@ pub enum S3Error {
     NotFound { key: String },
     #[error("S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")]
     NoCredentials,
+    #[error("refusing S3 {op}: {source}")]
+    ForbiddenKey {
+        op: &'static str,
+        #[source]
+        source: KeyError,
+    },
+    #[error("a presigned URL must last 1 s to 7 days; {secs} s was asked for")]
+    Expiry { secs: u64 },
     #[error("S3 {op} {key:?} failed: {message}")]
     Request {
         op: &'static str,
@@ -101,15 +118,24 @@ pub fn credentials_from_env() -> Result<Credentials, S3Error> {
     Ok(Credentials::new(key, secret, None, None, "environment"))
 }
 
-/// Whether `key` is an input key a spec may name: under the input prefix,
-/// relative, without `..` or empty segments.
-pub fn valid_input_key(key: &str) -> bool {
-    key.starts_with(contract::queue::INPUT_PREFIX)
-        && key.len() <= 1024
-        && key
-            .split('/')
-            .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
-        && !key.chars().any(|c| c.is_control() || c == '\\')
+/// The longest a presigned URL may last: SigV4's limit of seven days.
+pub const MAX_PRESIGN_SECS: u64 = 7 * 24 * 3600;
+
+/// Refuses `key` unless it is an input or output key (see the module docs).
+fn confined(op: &'static str, key: &str) -> Result<(), S3Error> {
+    check_stored_key(key).map_err(|source| S3Error::ForbiddenKey { op, source })
+}
+
+/// A time-limited GET URL for one object: whoever holds it may download
+/// that object, and nothing else, until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Download {
+    /// The object's key.
+    pub key: String,
+    /// The presigned URL; needs no other credentials.
+    pub url: String,
+    /// When the URL stops working.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// One bucket of an S3-compatible store.
@@ -159,6 +185,36 @@ impl Store {
         &self.bucket
     }
 
+    /// This store with `interceptor` added to its client's request
+    /// pipeline (see [`crate::metrics::S3Metrics`]).
+    pub fn with_interceptor(
+        self,
+        interceptor: impl aws_sdk_s3::config::Intercept + 'static,
+    ) -> Self {
+        let config = self
+            .client
+            .config()
+            .to_builder()
+            .interceptor(interceptor)
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            ..self
+        }
+    }
+
+    /// Whether the bucket exists and these credentials may use it: one
+    /// `HeadBucket` request, for readiness probes.
+    pub async fn check(&self) -> Result<(), S3Error> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| request_error("head bucket", &self.bucket, e))?;
+        Ok(())
+    }
+
     /// Creates the bucket unless it exists (for local stacks and tests).
     pub async fn ensure_bucket(&self) -> Result<(), S3Error> {
         if self
@@ -193,6 +249,7 @@ impl Store {
 
     /// Size of object `key`, or `None` if it does not exist.
     pub async fn size(&self, key: &str) -> Result<Option<u64>, S3Error> {
+        confined("head", key)?;
         match self
             .client
             .head_object()
@@ -209,6 +266,7 @@ impl Store {
 
     /// Keys under `prefix`, in key order.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, S3Error> {
+        confined("list", prefix.trim_end_matches('/'))?;
         let mut keys = Vec::new();
         let mut pages = self
             .client
@@ -231,6 +289,7 @@ impl Store {
 
     /// The whole object `key`.
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, S3Error> {
+        confined("get", key)?;
         let object = match self
             .client
             .get_object()
@@ -274,6 +333,7 @@ impl Store {
         bytes: Vec<u8>,
         content_type: &str,
     ) -> Result<(), S3Error> {
+        confined("put", key)?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -289,6 +349,7 @@ impl Store {
     /// Uploads the file `path` as object `key`, in parts when it is larger
     /// than one part.
     pub async fn upload(&self, key: &str, path: &Path, content_type: &str) -> Result<(), S3Error> {
+        confined("upload", key)?;
         let io_error = |source| S3Error::Io {
             path: path.display().to_string(),
             source,
@@ -342,6 +403,46 @@ impl Store {
         }
     }
 
+    /// A GET URL for `key` that works for `expires_in` from now, signed
+    /// locally with this store's credentials (no request is made).
+    pub async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<Download, S3Error> {
+        self.presign_get_from(key, SystemTime::now(), expires_in)
+            .await
+    }
+
+    /// Like [`Store::presign_get`], but valid from `start` (tests use a
+    /// start in the past to get a URL that has already expired).
+    pub async fn presign_get_from(
+        &self,
+        key: &str,
+        start: SystemTime,
+        expires_in: Duration,
+    ) -> Result<Download, S3Error> {
+        confined("presign", key)?;
+        let secs = expires_in.as_secs();
+        if !(1..=MAX_PRESIGN_SECS).contains(&secs) {
+            return Err(S3Error::Expiry { secs });
+        }
+        let config = PresigningConfig::builder()
+            .start_time(start)
+            .expires_in(expires_in)
+            .build()
+            .map_err(|_| S3Error::Expiry { secs })?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| request_error("presign", key, e))?;
+        Ok(Download {
+            key: key.to_owned(),
+            url: request.uri().to_owned(),
+            expires_at: DateTime::<Utc>::from(start + expires_in),
+        })
+    }
+
     async fn upload_parts(
         &self,
         key: &str,
@@ -390,13 +491,70 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[test]
-    fn input_keys_stay_under_the_input_prefix() {
-        assert!(valid_input_key("uploads/abc/face.png"));
-        assert!(!valid_input_key("jobs/abc/out.png"));
-        assert!(!valid_input_key("uploads/../jobs/x"));
-        assert!(!valid_input_key("uploads//x"));
-        assert!(!valid_input_key("/uploads/x"));
-        assert!(!valid_input_key("uploads/a\\b"));
+    fn store() -> Store {
+        Store::new(
+            &S3Config::default(),
+            Credentials::new("id", "secret", None, None, "test"),
+        )
+    }
+
+    #[tokio::test]
+    async fn keys_outside_the_job_folders_are_refused_before_any_request() {
+        let store = store();
+        for key in [
+            "../other-bucket/x",
+            "/etc/passwd",
+            "s3://other-bucket/uploads/x.png",
+            "uploads/%2e%2e/jobs/x",
+            "config/secrets.toml",
+        ] {
+            let err = store.get_bytes(key).await.unwrap_err();
+            assert!(
+                matches!(err, S3Error::ForbiddenKey { op: "get", .. }),
+                "{key}: {err}"
+            );
+            assert!(err.to_string().starts_with("refusing S3 get: key"), "{err}");
+            assert!(!err.is_transient());
+        }
+        let err = store
+            .put_bytes("uploads/../jobs/x/result.png", Vec::new(), "image/png")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, S3Error::ForbiddenKey { op: "put", .. }), "{err}");
+        let err = store.list("").await.unwrap_err();
+        assert!(matches!(err, S3Error::ForbiddenKey { op: "list", .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn presigned_urls_name_their_bucket_key_and_expiry() {
+        let store = store();
+        let download = store
+            .presign_get("jobs/abc/result.png", Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert!(
+            download
+                .url
+                .starts_with("http://127.0.0.1:8014/glowline/jobs/abc/result.png?"),
+            "{}",
+            download.url
+        );
+        assert!(download.url.contains("X-Amz-Expires=600"), "{}", download.url);
+        assert!(!download.url.contains("secret"), "{}", download.url);
+        let left = download.expires_at - Utc::now();
+        assert!((590..=600).contains(&left.num_seconds()), "{left}");
+
+        for secs in [0, MAX_PRESIGN_SECS + 1] {
+            let err = store
+                .presign_get("jobs/abc/result.png", Duration::from_secs(secs))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, S3Error::Expiry { .. }), "{err}");
+        }
+        let err = store
+            .presign_get("jobs/../uploads/x", Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, S3Error::ForbiddenKey { op: "presign", .. }), "{err}");
     }
 }

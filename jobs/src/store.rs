@@ -69,6 +69,10 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the job last entered its queue: at submission, and again each
+    /// time it was queued for another attempt.
+    pub queued_at: DateTime<Utc>,
+    /// When the current (or last) attempt was claimed.
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -102,6 +106,7 @@ impl FromRow<'_, PgRow> for Job {
             idempotency_key: row.try_get("idempotency_key")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            queued_at: row.try_get("queued_at")?,
             started_at: row.try_get("started_at")?,
             finished_at: row.try_get("finished_at")?,
         })
@@ -660,7 +665,8 @@ pub async fn hand_back(pool: &PgPool, held: &Lease) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     let job: Option<Job> = sqlx::query_as(
         "UPDATE jobs SET status = 'queued', max_attempts = max_attempts + 1,
-                lease_owner = NULL, lease_expires_at = NULL, progress = 0, updated_at = now()
+                lease_owner = NULL, lease_expires_at = NULL, progress = 0, updated_at = now(),
+                queued_at = now()
          WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND status = 'running'
          RETURNING *",
     )
@@ -698,6 +704,7 @@ pub async fn release(pool: &PgPool, held: &Lease, reason: &str) -> Result<Job, S
                 status = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
                 error = $4, lease_owner = NULL, lease_expires_at = NULL, progress = 0,
                 finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE now() END,
+                queued_at = CASE WHEN attempt < max_attempts THEN now() ELSE queued_at END,
                 updated_at = now()
          WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND status = 'running'
          RETURNING *",
@@ -730,9 +737,17 @@ pub async fn release(pool: &PgPool, held: &Lease, reason: &str) -> Result<Job, S
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reaped {
     /// Queued again and re-dispatched.
-    Requeued { job_id: Uuid, attempt: i32 },
+    Requeued {
+        job_id: Uuid,
+        kind: String,
+        attempt: i32,
+    },
     /// Out of attempts: failed with the reason.
-    Failed { job_id: Uuid, attempt: i32 },
+    Failed {
+        job_id: Uuid,
+        kind: String,
+        attempt: i32,
+    },
 }
 
 /// Requeues (or, out of attempts, fails) up to `limit` running jobs whose
@@ -753,7 +768,7 @@ pub async fn reap_expired(pool: &PgPool, limit: i64) -> Result<Vec<Reaped>, Stor
         if job.attempt < job.max_attempts {
             sqlx::query(
                 "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
-                        progress = 0, updated_at = now()
+                        progress = 0, updated_at = now(), queued_at = now()
                  WHERE id = $1",
             )
             .bind(job.id)
@@ -763,6 +778,7 @@ pub async fn reap_expired(pool: &PgPool, limit: i64) -> Result<Vec<Reaped>, Stor
             enqueue_dispatch(&mut tx, job.id, &job.kind, job.lane, job.priority).await?;
             reaped.push(Reaped::Requeued {
                 job_id: job.id,
+                kind: job.kind,
                 attempt: job.attempt,
             });
         } else {
@@ -790,6 +806,7 @@ pub async fn reap_expired(pool: &PgPool, limit: i64) -> Result<Vec<Reaped>, Stor
             enqueue_terminal_event(&mut tx, &failed).await?;
             reaped.push(Reaped::Failed {
                 job_id: job.id,
+                kind: job.kind,
                 attempt: job.attempt,
             });
         }
@@ -860,4 +877,30 @@ pub async fn mark_failed(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Unsent messages in the outbox: a backlog that grows, or an oldest
+/// message that keeps ageing, means the relay cannot publish.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutboxBacklog {
+    /// Rows not yet confirmed by the broker.
+    pub messages: i64,
+    /// Seconds since the oldest of them was written; 0 when there is none.
+    pub oldest_age_secs: f64,
+}
+
+/// Samples the outbox's backlog; the partial index of unsent rows keeps
+/// this cheap however many sent rows the table holds.
+pub async fn outbox_backlog(pool: &PgPool) -> Result<OutboxBacklog, StoreError> {
+    let row = sqlx::query(
+        "SELECT count(*) AS messages,
+                coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_secs
+         FROM outbox WHERE sent_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(OutboxBacklog {
+        messages: row.try_get("messages")?,
+        oldest_age_secs: row.try_get("oldest_age_secs")?,
+    })
 }

@@ -19,6 +19,10 @@ use crate::config::{BrokerConfig, DatabaseConfig, QueueType, S3Config};
 pub const TEST_S3_ACCESS_KEY: &str = "glowline-test";
 pub const TEST_S3_SECRET_KEY: &str = "glowline-test-secret";
 
+/// The bearer token test schedulers accept and test clients send; a test
+/// value, not a secret.
+pub const TEST_API_TOKEN: &str = "glowline-test-api-token";
+
 fn env_or(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }
@@ -157,4 +161,62 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The sum of the samples named `name` in a Prometheus text exposition
+/// whose labels include every pair of `labels` (0 when there is none), so
+/// that a test can compare a counter before and after.
+pub fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let matches = series_name == name
+                && labels.iter().all(|(key, wanted)| {
+                    series_labels
+                        .split(',')
+                        .any(|pair| pair == format!("{key}=\"{wanted}\""))
+                });
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Runs `promtool check metrics` on a text exposition and panics with its
+/// complaints unless it passes. promtool comes with `scripts/setup.sh`,
+/// which puts it in the repository's `.tools/bin` unless it is installed.
+pub fn promtool_check(exposition: &str) {
+    use std::io::Write;
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/promtool");
+    let promtool = if local.exists() {
+        local
+    } else {
+        std::path::PathBuf::from("promtool")
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool (scripts/promtool.sh installs it)");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write the exposition to promtool");
+    let out = child.wait_with_output().expect("wait for promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

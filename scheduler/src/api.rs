@@ -1,24 +1,37 @@
 //! The HTTP API: submit, get, list and cancel jobs, submit a batch as a JSON
 //! Lines manifest and read its status, plus the OpenAPI document of it all
 //! at `/openapi.json`.
+//!
+//! Every `/v1` route needs a bearer token and counts against its client's
+//! rate limit; every route bounds the size of the request's headers and
+//! body ([`crate::guard`]). A job's status carries presigned URLs for its
+//! outputs, so clients download without S3 credentials of their own. Every
+//! error, the guard's included, is a JSON [`ErrorBody`] naming the problem.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use contract::queue::{JobStatus, SubmitRequest};
+use jobs::s3::{Download, S3Error, Store, MAX_PRESIGN_SECS};
 use jobs::store::{self, BatchStatus, CancelOutcome, EventRecord, Job, JobFilter};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::config::JobLimits;
+use crate::guard::{self, Guard};
+use crate::metrics::{SchedulerMetrics, Source};
 use crate::submit::{self, Rejection, SubmitError};
 
 /// Jobs per page of a listing when the request names no limit.
@@ -31,21 +44,74 @@ const MAX_PAGE: i64 = 500;
 pub struct ApiState {
     pub pool: PgPool,
     pub limits: Arc<JobLimits>,
+    pub metrics: Arc<SchedulerMetrics>,
+    /// Token, rate and size checks.
+    pub guard: Arc<Guard>,
+    /// Signs the download URLs of outputs.
+    pub downloads: Arc<Downloads>,
 }
 
-/// The API's routes, with a body limit of `max_body_bytes`.
-pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
-    Router::new()
+/// Presigned download URLs for job outputs.
+#[derive(Debug)]
+pub struct Downloads {
+    store: Store,
+    expiry: Duration,
+}
+
+impl Downloads {
+    /// URLs signed for `store`'s bucket that work for `expiry`.
+    pub fn new(store: Store, expiry: Duration) -> Result<Self, S3Error> {
+        let secs = expiry.as_secs();
+        if !(1..=MAX_PRESIGN_SECS).contains(&secs) {
+            return Err(S3Error::Expiry { secs });
+        }
+        Ok(Self { store, expiry })
+    }
+
+    async fn links(&self, job: &Job) -> Result<Vec<Download>, S3Error> {
+        let mut links = Vec::with_capacity(job.output_keys.len());
+        for key in &job.output_keys {
+            links.push(self.store.presign_get(key, self.expiry).await?);
+        }
+        Ok(links)
+    }
+}
+
+/// The API's routes. `/v1` routes sit behind the rate limit and the token
+/// (the rate limit first, so that guessing tokens is throttled too); the
+/// OpenAPI document is public. Every route bounds headers and body.
+pub fn router(state: ApiState) -> Router {
+    let guard = state.guard.clone();
+    let protected = Router::new()
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/batches", post(submit_batch))
         .route("/v1/batches/{id}", get(batch_status))
+        .route_layer(from_fn_with_state(guard.clone(), guard::require_token))
+        .route_layer(from_fn_with_state(guard.clone(), guard::limit_rate));
+    Router::new()
+        .merge(protected)
         .route("/openapi.json", get(openapi))
-        .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(guard.max_body_bytes))
+        .layer(from_fn_with_state(guard, guard::limit_headers))
         .with_state(state)
+}
+
+/// Declares the bearer token in the OpenAPI document.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
 }
 
 /// The API's OpenAPI document.
@@ -53,8 +119,11 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
 #[openapi(
     info(
         title = "Glowline scheduler",
-        description = "Submit and follow Glow face-editing jobs."
+        description = "Submit and follow Glow face-editing jobs. Every /v1 route \
+                       needs `Authorization: Bearer <token>`."
     ),
+    modifiers(&BearerToken),
+    security(("bearer" = [])),
     paths(
         submit_job,
         list_jobs,
@@ -72,6 +141,8 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         BatchResponse,
         ErrorBody,
         Job,
+        JobView,
+        Download,
         BatchStatus,
         EventRecord,
         store::Batch
@@ -106,6 +177,7 @@ pub struct ErrorBody {
 pub enum ApiError {
     BadRequest(String),
     NotFound(String),
+    TooLarge(String),
     Internal(String),
 }
 
@@ -114,6 +186,7 @@ impl IntoResponse for ApiError {
         let (status, error) = match self {
             ApiError::BadRequest(e) => (StatusCode::UNPROCESSABLE_ENTITY, e),
             ApiError::NotFound(e) => (StatusCode::NOT_FOUND, e),
+            ApiError::TooLarge(e) => (StatusCode::PAYLOAD_TOO_LARGE, e),
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "request failed");
                 (
@@ -147,6 +220,26 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+/// The request body, or why it could not be read.
+fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!(
+                "the request body is larger than the {limit} bytes accepted"
+            ))
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {rejection}"))
+        }
+    })
+}
+
+/// The query string's parameters, or which one is wrong.
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+}
+
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id)
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a job or batch id (a UUID)")))
@@ -164,10 +257,22 @@ pub struct SubmitResponse {
     responses((status = 201, body = SubmitResponse, description = "job created"),
               (status = 200, body = SubmitResponse, description = "idempotency key matched an earlier job"),
               (status = 422, body = ErrorBody)))]
-async fn submit_job(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let request: SubmitRequest = submit::parse(&body)?;
-    let (job, created) = submit::submit(&state.pool, &state.limits, &request).await?;
+async fn submit_job(
+    State(state): State<ApiState>,
+    request: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body(request, state.guard.max_body_bytes)?;
+    let request: SubmitRequest =
+        submit::parse(&body).inspect_err(|_| state.metrics.rejected(Source::Http))?;
+    let (job, created) = submit::submit(&state.pool, &state.limits, &request)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, SubmitError::Rejected(_)) {
+                state.metrics.rejected(Source::Http)
+            }
+        })?;
     let status = if created {
+        state.metrics.submitted(&job.kind, Source::Http);
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -175,17 +280,32 @@ async fn submit_job(State(state): State<ApiState>, body: Bytes) -> Result<Respon
     Ok((status, Json(SubmitResponse { job, created })).into_response())
 }
 
+/// A job, with a download URL for each of its outputs.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: Job,
+    /// One presigned GET URL per output key, in the same order; each
+    /// expires (`expires_at`), after which the job's status gives new ones.
+    pub outputs: Vec<Download>,
+}
+
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
 async fn get_job(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Job>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
-    store::get_job(&state.pool, id)
+    let job = store::get_job(&state.pool, id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    let outputs = state
+        .downloads
+        .links(&job)
+        .await
+        .map_err(|e| ApiError::Internal(format!("signing the outputs of job {id}: {e}")))?;
+    Ok(Json(JobView { job, outputs }))
 }
 
 /// Filters of a job listing.
@@ -215,8 +335,9 @@ pub struct JobList {
     responses((status = 200, body = JobList), (status = 422, body = ErrorBody)))]
 async fn list_jobs(
     State(state): State<ApiState>,
-    Query(query): Query<ListQuery>,
+    request: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
+    let query = query(request)?;
     let status = query
         .status
         .as_deref()
@@ -269,6 +390,12 @@ async fn cancel_job(
     let job = store::get_job(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    if outcome == "cancelled" {
+        state
+            .metrics
+            .outcomes
+            .finished(&job.kind, JobStatus::Cancelled, None);
+    }
     Ok(Json(CancelResponse {
         outcome: outcome.to_owned(),
         job,
@@ -306,15 +433,24 @@ pub struct BatchResponse {
     responses((status = 201, body = BatchResponse), (status = 422, body = ErrorBody)))]
 async fn submit_batch(
     State(state): State<ApiState>,
-    Query(query): Query<BatchQuery>,
-    body: Bytes,
+    options: Result<Query<BatchQuery>, QueryRejection>,
+    request: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
+    let query = query(options)?;
+    if let Some(label) = &query.label {
+        submit::check_label(label)?;
+    }
+    let body = body(request, state.guard.max_body_bytes)?;
     let manifest = std::str::from_utf8(&body)
         .map_err(|e| ApiError::BadRequest(format!("batch manifest is not UTF-8: {e}")))?;
     let batch_id = Uuid::now_v7();
-    let jobs = submit::validate_manifest(manifest, &state.limits, batch_id)?;
+    let jobs = submit::validate_manifest(manifest, &state.limits, batch_id)
+        .inspect_err(|_| state.metrics.rejected(Source::Batch))?;
     let (_, recorded) =
         store::insert_batch(&state.pool, batch_id, query.label.as_deref(), &jobs).await?;
+    for (job, _) in recorded.iter().filter(|(_, created)| *created) {
+        state.metrics.submitted(&job.kind, Source::Batch);
+    }
     tracing::info!(batch_id = %batch_id, jobs = recorded.len(), "batch submitted");
     Ok((
         StatusCode::CREATED,
@@ -340,8 +476,4 @@ async fn batch_status(
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
-}
-
-async fn healthz() -> &'static str {
-    "ok"
 }

@@ -25,6 +25,7 @@ use lapin::{BasicProperties, Channel};
 use sqlx::PgPool;
 
 use crate::config::JobLimits;
+use crate::metrics::{SchedulerMetrics, Source, SUBMIT_LINK};
 use crate::submit::{self, SubmitError};
 
 /// Submissions handled at once: each is a short transaction, so a few in
@@ -36,12 +37,15 @@ pub async fn run(
     pool: PgPool,
     broker_config: BrokerConfig,
     limits: Arc<JobLimits>,
+    metrics: Arc<SchedulerMetrics>,
     shutdown: Shutdown,
 ) {
     let backoff = Backoff::default();
     let mut failures = 0;
     while !shutdown.is_triggered() {
-        match consume(&pool, &broker_config, &limits, &shutdown).await {
+        let consumed = consume(&pool, &broker_config, &limits, &metrics, &shutdown).await;
+        metrics.broker.set(SUBMIT_LINK, false);
+        match consumed {
             Ok(()) => failures = 0,
             Err(error) => {
                 let delay = backoff.delay(failures);
@@ -61,6 +65,7 @@ async fn consume(
     pool: &PgPool,
     broker_config: &BrokerConfig,
     limits: &JobLimits,
+    metrics: &SchedulerMetrics,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let connection = broker::connect(broker_config, "glowline-scheduler-submit").await?;
@@ -78,6 +83,7 @@ async fn consume(
         )
         .await?;
     tracing::info!(queue = SUBMIT_QUEUE, "consuming submissions");
+    metrics.broker.set(SUBMIT_LINK, true);
 
     loop {
         let delivery = tokio::select! {
@@ -87,7 +93,7 @@ async fn consume(
         let Some(delivery) = delivery else {
             anyhow::bail!("the broker cancelled the consumer");
         };
-        handle(pool, limits, &channel, delivery?).await?;
+        handle(pool, limits, metrics, &channel, delivery?).await?;
     }
     let _ = connection.close(0, "shutting down".into()).await;
     Ok(())
@@ -98,10 +104,11 @@ async fn consume(
 async fn handle(
     pool: &PgPool,
     limits: &JobLimits,
+    metrics: &SchedulerMetrics,
     channel: &Channel,
     delivery: Delivery,
 ) -> anyhow::Result<()> {
-    let outcome = match submit::parse(&delivery.data) {
+    let outcome = match submit::parse_message(&delivery.data, limits) {
         Ok(request) => submit::submit(pool, limits, &request).await,
         Err(rejection) => Err(rejection.into()),
     };
@@ -109,6 +116,9 @@ async fn handle(
     let reply = match outcome {
         Ok((job, created)) => {
             delivery.ack(BasicAckOptions::default()).await?;
+            if created {
+                metrics.submitted(&job.kind, Source::Queue);
+            }
             SubmitReply::Accepted {
                 job_id: job.id.to_string(),
                 created,
@@ -116,6 +126,7 @@ async fn handle(
         }
         Err(SubmitError::Rejected(rejection)) => {
             tracing::warn!(reason = %rejection, "submission rejected");
+            metrics.rejected(Source::Queue);
             delivery
                 .nack(BasicNackOptions {
                     requeue: false,

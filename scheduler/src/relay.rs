@@ -15,7 +15,10 @@ use jobs::store;
 use lapin::Channel;
 use sqlx::PgPool;
 
+use std::sync::Arc;
+
 use crate::config::RelayConfig;
+use crate::metrics::{SchedulerMetrics, RELAY_LINK};
 
 /// How long one publish may wait for the broker's confirm. Confirms come in
 /// milliseconds from a healthy broker; past this the channel is taken as
@@ -27,12 +30,15 @@ pub async fn run(
     pool: PgPool,
     broker_config: BrokerConfig,
     config: RelayConfig,
+    metrics: Arc<SchedulerMetrics>,
     shutdown: Shutdown,
 ) {
     let backoff = Backoff::default();
     let mut failures = 0;
     while !shutdown.is_triggered() {
-        match relay(&pool, &broker_config, &config, &shutdown).await {
+        let relayed = relay(&pool, &broker_config, &config, &metrics, &shutdown).await;
+        metrics.broker.set(RELAY_LINK, false);
+        match relayed {
             Ok(()) => failures = 0,
             Err(error) => {
                 let delay = backoff.delay(failures);
@@ -52,14 +58,16 @@ async fn relay(
     pool: &PgPool,
     broker_config: &BrokerConfig,
     config: &RelayConfig,
+    metrics: &SchedulerMetrics,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let connection = broker::connect(broker_config, "glowline-scheduler-relay").await?;
     let channel = broker::confirm_channel(&connection).await?;
     broker::declare_topology(&channel, broker_config).await?;
+    metrics.broker.set(RELAY_LINK, true);
 
     while !shutdown.is_triggered() {
-        let published = relay_batch(pool, &channel, config.batch_size).await?;
+        let published = relay_batch(pool, &channel, config.batch_size, metrics).await?;
         if published == 0 {
             tokio::select! {
                 _ = tokio::time::sleep(config.poll_interval()) => {}
@@ -74,7 +82,12 @@ async fn relay(
 /// Publishes one batch of unsent rows; returns how many the broker took.
 /// A broker failure marks the remaining rows failed and is returned, so the
 /// caller reconnects.
-async fn relay_batch(pool: &PgPool, channel: &Channel, batch_size: i64) -> anyhow::Result<usize> {
+async fn relay_batch(
+    pool: &PgPool,
+    channel: &Channel,
+    batch_size: i64,
+    metrics: &SchedulerMetrics,
+) -> anyhow::Result<usize> {
     let (mut tx, messages) = store::lock_unsent(pool, batch_size).await?;
     if messages.is_empty() {
         tx.commit().await?;
@@ -105,6 +118,8 @@ async fn relay_batch(pool: &PgPool, channel: &Channel, batch_size: i64) -> anyho
             store::mark_failed(&mut tx, message.id, "no publisher confirm in time").await?;
             store::mark_sent(&mut tx, &sent).await?;
             tx.commit().await?;
+            metrics.publish_failed();
+            metrics.published(sent.len());
             anyhow::bail!("no publisher confirm within {CONFIRM_TIMEOUT:?}");
         };
         match outcome {
@@ -112,6 +127,7 @@ async fn relay_batch(pool: &PgPool, channel: &Channel, batch_size: i64) -> anyho
             Err(error) => {
                 tracing::warn!(outbox_id = message.id, exchange = %message.exchange, routing_key = %message.routing_key, %error, "publish failed");
                 store::mark_failed(&mut tx, message.id, &error.to_string()).await?;
+                metrics.publish_failed();
                 if error.is_connection_lost() {
                     failure = Some(error);
                     break;
@@ -121,6 +137,7 @@ async fn relay_batch(pool: &PgPool, channel: &Channel, batch_size: i64) -> anyho
     }
     store::mark_sent(&mut tx, &sent).await?;
     tx.commit().await?;
+    metrics.published(sent.len());
     tracing::debug!(published = sent.len(), "outbox relayed");
 
     match failure {

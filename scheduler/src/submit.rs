@@ -1,7 +1,7 @@
 //! Validating a submission into a job, the same way for HTTP and for the
 //! submission queue, and recording it with its dispatch in one transaction.
 
-use contract::queue::{Lane, SubmitRequest};
+use contract::queue::{check_input_key, KeyError, Lane, SubmitRequest};
 use contract::spec::JobSpec;
 use jobs::store::{self, Job, NewJob, StoreError};
 use sqlx::PgPool;
@@ -12,6 +12,9 @@ use crate::config::JobLimits;
 /// Longest idempotency key; longer ones are surely not keys.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 
+/// Longest batch label: a name to recognise a batch by, not a document.
+pub const MAX_LABEL_LEN: usize = 200;
+
 /// Why a submission was refused. Each message names the bad input.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Rejection {
@@ -19,8 +22,8 @@ pub enum Rejection {
     Malformed(String),
     #[error("invalid spec: {0}")]
     Spec(String),
-    #[error("input {key:?} is not an upload key: inputs must be S3 keys under {prefix:?} without `..` or empty segments")]
-    InputKey { key: String, prefix: &'static str },
+    #[error("invalid input: {0}")]
+    InputKey(#[from] KeyError),
     #[error("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable characters")]
     IdempotencyKey,
     #[error("deadline_secs {given} is outside 1..={max}")]
@@ -31,11 +34,38 @@ pub enum Rejection {
     ManifestLine { line: usize, reason: Box<Rejection> },
     #[error("batch manifest has no jobs")]
     EmptyBatch,
+    #[error("submission is {size} bytes; at most {max} are accepted")]
+    TooLarge { size: usize, max: usize },
+    #[error("label must be 1 to {MAX_LABEL_LEN} printable characters")]
+    Label,
 }
 
 /// Parses a submission from raw bytes (a queue message body).
 pub fn parse(body: &[u8]) -> Result<SubmitRequest, Rejection> {
     serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))
+}
+
+/// Parses a submission-queue message, refusing one over the size limit
+/// before reading it.
+pub fn parse_message(body: &[u8], limits: &JobLimits) -> Result<SubmitRequest, Rejection> {
+    if body.len() > limits.max_message_bytes {
+        return Err(Rejection::TooLarge {
+            size: body.len(),
+            max: limits.max_message_bytes,
+        });
+    }
+    parse(body)
+}
+
+/// Checks a batch label: printable and short.
+pub fn check_label(label: &str) -> Result<(), Rejection> {
+    if label.is_empty()
+        || label.chars().count() > MAX_LABEL_LEN
+        || label.chars().any(char::is_control)
+    {
+        return Err(Rejection::Label);
+    }
+    Ok(())
 }
 
 /// Checks `request` against the spec's rules and `limits`, and turns it into
@@ -48,12 +78,7 @@ pub fn validate(
     let spec = JobSpec::from_json(&request.spec.to_string())
         .map_err(|e| Rejection::Spec(e.to_string()))?;
     for key in spec.inputs() {
-        if !jobs::s3::valid_input_key(key) {
-            return Err(Rejection::InputKey {
-                key: key.to_owned(),
-                prefix: contract::queue::INPUT_PREFIX,
-            });
-        }
+        check_input_key(key)?;
     }
 
     if let Some(key) = &request.idempotency_key {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jobs::broker;
 use jobs::shutdown::Shutdown;
-use jobs::testkit::{eventually, TestEnv};
+use jobs::testkit::{eventually, TestEnv, TEST_API_TOKEN};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use scheduler::config::SchedulerConfig;
 use serde_json::json;
@@ -22,8 +22,30 @@ pub struct Harness {
     pub pool: PgPool,
     pub addr: SocketAddr,
     pub shutdown: Shutdown,
+    /// Sends the test API token with every request.
     pub http: reqwest::Client,
     running: Option<scheduler::Running>,
+}
+
+/// The secrets of a test scheduler: the test token and S3 credentials.
+pub fn secrets(env: &TestEnv) -> scheduler::Secrets {
+    scheduler::Secrets {
+        api_tokens: vec![TEST_API_TOKEN.to_owned()],
+        s3: env.s3_credentials(),
+    }
+}
+
+/// An HTTP client that sends `token` as its bearer token.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// A scheduler config for `env` on an OS-picked port, with fast sweeps.
@@ -32,6 +54,7 @@ pub fn config(env: &TestEnv) -> SchedulerConfig {
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.database = env.database.clone();
     config.broker = env.broker.clone();
+    config.s3 = env.s3.clone();
     config.reaper.interval_ms = 200;
     config.relay.poll_interval_ms = 50;
     config
@@ -46,7 +69,7 @@ impl Harness {
         let mut config = config(&env);
         tweak(&mut config);
         let shutdown = Shutdown::new();
-        let running = scheduler::start(config, shutdown.clone())
+        let running = scheduler::start_with(config, secrets(&env), shutdown.clone())
             .await
             .expect("start scheduler");
         let pool = jobs::db::connect(&env.database).await.unwrap();
@@ -55,7 +78,7 @@ impl Harness {
             env,
             pool,
             shutdown,
-            http: reqwest::Client::new(),
+            http: client_with_token(TEST_API_TOKEN),
             running: Some(running),
         }
     }

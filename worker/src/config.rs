@@ -1,6 +1,7 @@
 //! The worker's settings, read from `configs/worker.toml` and overridden by
 //! `GLOWLINE_WORKER__...` environment variables (see `jobs::config`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,9 +16,28 @@ pub const ENV_PREFIX: &str = "GLOWLINE_WORKER";
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
     pub worker: WorkerSettings,
+    pub http: HttpConfig,
     pub database: DatabaseConfig,
     pub broker: BrokerConfig,
     pub s3: S3Config,
+}
+
+/// The worker's HTTP listener, serving `/healthz`, `/readyz` and
+/// `/metrics` only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where to listen; port 0 lets the OS pick one (tests do).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            // Beside the scheduler's 8080, and clear of Prometheus' own 9090.
+            listen: "127.0.0.1:8081".parse().expect("valid address"),
+        }
+    }
 }
 
 /// Render slots per lane: how many jobs of that lane run at once. Each

@@ -5,7 +5,8 @@
 //! and watches for a cancel, the deadline, a lost lease and shutdown; any of
 //! them stops the render at its next frame. Past the ack hand-off time the
 //! message is acknowledged early so that the broker's consumer timeout never
-//! cuts a long job off; the lease then guards the job on its own.
+//! cuts a long job off; the lease then guards the job on its own. Each
+//! stage's time and the recorded outcome go to the worker's metrics.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,9 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use contract::queue::{output_prefix, Dispatch};
-use contract::spec::JobSpec;
+use contract::queue::{output_prefix, Dispatch, JobStatus};
+use contract::spec::{JobSpec, Operation};
 use glow::render::{RenderError, RenderHooks, REPORT_FILE};
+use jobs::metrics::{FailureReason, RetryReason};
 use jobs::retry::Backoff;
 use jobs::s3::{S3Error, Store};
 use jobs::shutdown::Shutdown;
@@ -27,6 +29,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::WorkerSettings;
+use crate::metrics::{Stage, WorkerMetrics};
 use crate::model::ModelPool;
 
 /// What a worker needs to run jobs, shared by all its slots.
@@ -34,6 +37,7 @@ pub struct Context {
     pub pool: PgPool,
     pub store: Store,
     pub model: Arc<ModelPool>,
+    pub metrics: Arc<WorkerMetrics>,
     pub settings: WorkerSettings,
     pub owner: String,
     /// Fires on SIGTERM; jobs then get `shutdown_grace` to finish.
@@ -90,6 +94,8 @@ impl RenderHooks for Watch {
 /// How one attempt went, before it is committed.
 enum Attempt {
     Done(Outcome),
+    /// The job failed for good, for this reason and with this message.
+    Failed(FailureReason, String),
     /// A transient failure outlasted its retries: try again later.
     Retry(String),
     /// The render stopped for a reason that is not the job's outcome.
@@ -149,7 +155,7 @@ pub async fn handle(ctx: Arc<Context>, delivery: Delivery) {
             return ack.ack().await;
         }
         Ok(ClaimOutcome::Held) => {
-            tracing::info!(%job_id, "job is held by another attempt; its lease decides");
+            tracing::info!(%job_id, redelivered = delivery.redelivered, "job is held by another attempt; its lease decides");
             return ack.ack().await;
         }
         Ok(ClaimOutcome::NotFound) => {
@@ -172,7 +178,13 @@ pub async fn handle(ctx: Arc<Context>, delivery: Delivery) {
         attempt: job.attempt,
         owner: ctx.owner.clone(),
     };
-    tracing::info!(%job_id, kind = %job.kind, attempt = job.attempt, "job claimed");
+    tracing::info!(%job_id, kind = %job.kind, attempt = job.attempt, redelivered = delivery.redelivered, "job claimed");
+    let claimed = Instant::now();
+    let _running = ctx.metrics.running(job.lane);
+    if let Some(started) = job.started_at {
+        let waited = (started - job.queued_at).num_milliseconds() as f64 / 1000.0;
+        ctx.metrics.waited(job.lane, waited);
+    }
 
     let watch = Arc::new(Watch::default());
     let heartbeat = tokio::spawn(heartbeat(
@@ -185,7 +197,7 @@ pub async fn handle(ctx: Arc<Context>, delivery: Delivery) {
     let attempt = run(&ctx, &job, watch.clone()).await;
     heartbeat.abort();
 
-    commit(&ctx, &lease, attempt).await;
+    commit(&ctx, &job, &lease, attempt, claimed).await;
     ack.ack().await;
 }
 
@@ -239,8 +251,16 @@ async fn heartbeat(
 async fn run(ctx: &Arc<Context>, job: &Job, watch: Arc<Watch>) -> Attempt {
     let spec = match JobSpec::from_json(&job.spec.to_string()) {
         Ok(spec) => spec,
-        Err(error) => return Attempt::Done(Outcome::Failed(format!("invalid spec: {error}"))),
+        Err(error) => {
+            return Attempt::Failed(
+                FailureReason::InvalidSpec,
+                format!("invalid spec: {error}"),
+            )
+        }
     };
+    if let Operation::Probe {} = spec.operation {
+        return probe(ctx, job, &spec).await;
+    }
     let dir = ctx
         .settings
         .work_dir
@@ -254,6 +274,35 @@ async fn run(ctx: &Arc<Context>, job: &Job, watch: Arc<Watch>) -> Attempt {
     result
 }
 
+/// Answers a probe without the model: stores a small report under the
+/// job's prefix, so that S3 is part of what a probe checks, and succeeds.
+async fn probe(ctx: &Context, job: &Job, spec: &JobSpec) -> Attempt {
+    let report = serde_json::json!({
+        "spec": spec,
+        "job_id": job.id,
+        "attempt": job.attempt,
+        "worker": ctx.owner,
+        "model_sha256": ctx.model.sha256,
+    });
+    let body = serde_json::to_vec_pretty(&report).expect("a probe report serializes");
+    let key = format!("{}{REPORT_FILE}", output_prefix(&job.id.to_string()));
+    let uploading = Instant::now();
+    let stored = Backoff::default()
+        .retry("upload", &ctx.shutdown, S3Error::is_transient, || {
+            ctx.store.put_bytes(&key, body.clone(), "application/json")
+        })
+        .await;
+    ctx.metrics
+        .stage(job.lane, Stage::Upload, uploading.elapsed().as_secs_f64());
+    match stored {
+        Ok(()) => Attempt::Done(Outcome::Succeeded {
+            output_keys: vec![key],
+            model_hash: ctx.model.sha256.clone(),
+        }),
+        Err(error) => s3_attempt(error),
+    }
+}
+
 async fn run_in(
     ctx: &Arc<Context>,
     job: &Job,
@@ -261,10 +310,16 @@ async fn run_in(
     dir: &Path,
     watch: Arc<Watch>,
 ) -> Attempt {
+    let downloading = Instant::now();
     let inputs = match download_inputs(ctx, &spec).await {
         Ok(inputs) => inputs,
         Err(attempt) => return attempt,
     };
+    ctx.metrics.stage(
+        job.lane,
+        Stage::Download,
+        downloading.elapsed().as_secs_f64(),
+    );
 
     let out_dir = dir.join("out");
     let model = ctx.model.clone();
@@ -278,7 +333,7 @@ async fn run_in(
     })
     .await;
     let report = match rendered {
-        Ok(Err(error)) => return Attempt::Done(Outcome::Failed(error.to_string())),
+        Ok(Err(error)) => return Attempt::Failed(FailureReason::Render, error.to_string()),
         Ok(Ok(Ok(report))) => report,
         Ok(Ok(Err(RenderError::Cancelled))) => {
             return match watch.reason() {
@@ -290,11 +345,16 @@ async fn run_in(
                 Some(stop) => Attempt::Stopped(stop),
             }
         }
-        Ok(Ok(Err(error))) => return Attempt::Done(Outcome::Failed(error.to_string())),
+        Ok(Ok(Err(error))) => return Attempt::Failed(render_failure(&error), error.to_string()),
         Err(panic) => {
-            return Attempt::Done(Outcome::Failed(format!("the renderer panicked: {panic}")))
+            return Attempt::Failed(
+                FailureReason::Render,
+                format!("the renderer panicked: {panic}"),
+            )
         }
     };
+    ctx.metrics.render_stages(job.lane, &report.timings);
+    ctx.metrics.rendered(&job.kind, report.frames.rendered);
     if let Some(stop) = watch
         .reason()
         .filter(|s| matches!(s, Stop::LostLease | Stop::HandBack))
@@ -308,7 +368,11 @@ async fn run_in(
         .cloned()
         .chain(std::iter::once(REPORT_FILE.to_owned()))
         .collect();
-    match upload_outputs(ctx, job.id, &out_dir, &files).await {
+    let uploading = Instant::now();
+    let uploaded = upload_outputs(ctx, job.id, &out_dir, &files).await;
+    ctx.metrics
+        .stage(job.lane, Stage::Upload, uploading.elapsed().as_secs_f64());
+    match uploaded {
         Ok(output_keys) => Attempt::Done(Outcome::Succeeded {
             output_keys,
             model_hash: report.model_sha256,
@@ -321,7 +385,18 @@ fn s3_attempt(error: S3Error) -> Attempt {
     if error.is_transient() {
         Attempt::Retry(error.to_string())
     } else {
-        Attempt::Done(Outcome::Failed(error.to_string()))
+        Attempt::Failed(FailureReason::Storage, error.to_string())
+    }
+}
+
+/// The metrics' reason for a failed render: the user's input (a photo that
+/// is no image or shows no face, a spec the renderer refuses) or the
+/// renderer itself.
+fn render_failure(error: &RenderError) -> FailureReason {
+    match error {
+        RenderError::Spec(_) => FailureReason::InvalidSpec,
+        RenderError::Input(_) | RenderError::Align(_) => FailureReason::Input,
+        _ => FailureReason::Render,
     }
 }
 
@@ -344,16 +419,22 @@ async fn download_inputs(
             .map_err(s3_attempt)?;
         match size {
             None => {
-                return Err(Attempt::Done(Outcome::Failed(format!(
-                    "input {key:?} does not exist in bucket {:?}",
-                    ctx.store.bucket()
-                ))))
+                return Err(Attempt::Failed(
+                    FailureReason::Input,
+                    format!(
+                        "input {key:?} does not exist in bucket {:?}",
+                        ctx.store.bucket()
+                    ),
+                ))
             }
             Some(size) if size > ctx.settings.max_input_bytes => {
-                return Err(Attempt::Done(Outcome::Failed(format!(
-                    "input {key:?} is {size} bytes; at most {} are accepted",
-                    ctx.settings.max_input_bytes
-                ))))
+                return Err(Attempt::Failed(
+                    FailureReason::Input,
+                    format!(
+                        "input {key:?} is {size} bytes; at most {} are accepted",
+                        ctx.settings.max_input_bytes
+                    ),
+                ))
             }
             Some(_) => {}
         }
@@ -404,27 +485,40 @@ fn content_type(file: &str) -> &'static str {
     }
 }
 
-/// Records how the attempt ended. A fenced write means the attempt lost its
-/// claim (reaped or cancelled meanwhile): its result is dropped.
-async fn commit(ctx: &Context, lease: &Lease, attempt: Attempt) {
+/// Records how the attempt ended, and counts it once recorded. A fenced
+/// write means the attempt lost its claim (reaped or cancelled meanwhile):
+/// its result is dropped, and whoever took the job over counts it.
+async fn commit(ctx: &Context, job: &Job, lease: &Lease, attempt: Attempt, claimed: Instant) {
     let backoff = Backoff::default();
     let never = Shutdown::new();
     let job_id = lease.job_id;
-    let result = match &attempt {
-        Attempt::Done(outcome) => backoff
-            .retry("commit", &never, StoreError::is_transient, || store::finish(&ctx.pool, lease, outcome))
-            .await
-            .map(|job| {
-                tracing::info!(%job_id, attempt = lease.attempt, status = %job.status, error = job.error.as_deref().unwrap_or(""), "job finished");
-            }),
+    let outcomes = &ctx.metrics.outcomes;
+    let result = match attempt {
+        Attempt::Done(outcome) => {
+            let reason = matches!(outcome, Outcome::TimedOut(_)).then_some(FailureReason::Deadline);
+            finish(ctx, job, lease, outcome, reason, claimed).await
+        }
+        Attempt::Failed(reason, message) => {
+            finish(ctx, job, lease, Outcome::Failed(message), Some(reason), claimed).await
+        }
         Attempt::Retry(reason) => backoff
-            .retry("release", &never, StoreError::is_transient, || store::release(&ctx.pool, lease, reason))
+            .retry("release", &never, StoreError::is_transient, || store::release(&ctx.pool, lease, &reason))
             .await
-            .map(|job| tracing::warn!(%job_id, attempt = lease.attempt, status = %job.status, %reason, "transient failure outlasted its retries")),
+            .map(|released| {
+                if released.status == JobStatus::Queued {
+                    outcomes.retried(RetryReason::Transient);
+                } else {
+                    outcomes.finished(&job.kind, released.status, Some(FailureReason::Storage));
+                }
+                tracing::warn!(%job_id, attempt = lease.attempt, status = %released.status, %reason, "transient failure outlasted its retries")
+            }),
         Attempt::Stopped(Stop::HandBack) => backoff
             .retry("hand back", &never, StoreError::is_transient, || store::hand_back(&ctx.pool, lease))
             .await
-            .map(|()| tracing::info!(%job_id, attempt = lease.attempt, "job handed back for shutdown")),
+            .map(|()| {
+                outcomes.retried(RetryReason::Shutdown);
+                tracing::info!(%job_id, attempt = lease.attempt, "job handed back for shutdown")
+            }),
         Attempt::Stopped(stop) => {
             tracing::warn!(%job_id, attempt = lease.attempt, ?stop, "attempt stopped; its result is dropped");
             Ok(())
@@ -440,4 +534,30 @@ async fn commit(ctx: &Context, lease: &Lease, attempt: Attempt) {
             tracing::error!(%job_id, attempt = lease.attempt, %error, "cannot record the outcome; the lease will expire")
         }
     }
+}
+
+/// Records a final `outcome` (failed or timed out for `reason`), then
+/// counts it, with a success's run time since `claimed`.
+async fn finish(
+    ctx: &Context,
+    job: &Job,
+    lease: &Lease,
+    outcome: Outcome,
+    reason: Option<FailureReason>,
+    claimed: Instant,
+) -> Result<(), StoreError> {
+    let finished = Backoff::default()
+        .retry("commit", &Shutdown::new(), StoreError::is_transient, || {
+            store::finish(&ctx.pool, lease, &outcome)
+        })
+        .await?;
+    ctx.metrics
+        .outcomes
+        .finished(&job.kind, finished.status, reason);
+    if finished.status == JobStatus::Succeeded {
+        ctx.metrics
+            .succeeded(&job.kind, claimed.elapsed().as_secs_f64());
+    }
+    tracing::info!(job_id = %lease.job_id, attempt = lease.attempt, status = %finished.status, error = finished.error.as_deref().unwrap_or(""), "job finished");
+    Ok(())
 }

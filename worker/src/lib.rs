@@ -6,13 +6,16 @@
 //! broker outage it reconnects on its own; jobs already running carry on,
 //! since they need only Postgres and S3. On SIGTERM it stops consuming,
 //! gives running jobs a grace period to finish, hands back the rest and
-//! exits.
+//! exits. A small HTTP listener serves `/healthz`, `/readyz` and
+//! `/metrics` ([`metrics`]) until the worker has stopped.
 
 pub mod config;
 pub mod job;
+pub mod metrics;
 pub mod model;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -26,10 +29,11 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::WorkerConfig;
 use crate::job::Context;
+use crate::metrics::{WorkerMetrics, WORK_LINK};
 use crate::model::ModelPool;
 
 /// Runs the worker with an already loaded `model` and S3 `store` until
@@ -40,18 +44,50 @@ pub async fn run(
     store: Store,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    start(config, model, store, shutdown).await?.join().await
+}
+
+/// A started worker.
+pub struct Running {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (the
+    /// configured port, or the one the OS picked for port 0).
+    pub http_addr: SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the worker has stopped and drained its jobs (after the
+    /// shutdown signal).
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.task.await.context("the worker task panicked")?
+    }
+}
+
+/// Connects to Postgres, binds the HTTP listener and starts consuming
+/// work with an already loaded `model` and S3 `store`; the worker stops
+/// when `shutdown` fires and its jobs are drained.
+pub async fn start(
+    config: WorkerConfig,
+    model: Arc<ModelPool>,
+    store: Store,
+    shutdown: Shutdown,
+) -> anyhow::Result<Running> {
     let pool = jobs::db::connect(&config.database)
         .await
         .context("opening the job store")?;
     tokio::fs::create_dir_all(&config.worker.work_dir)
         .await
         .with_context(|| format!("creating work folder {}", config.worker.work_dir.display()))?;
+    let mut registry = jobs::metrics::registry("worker");
+    let metrics = Arc::new(WorkerMetrics::register(&mut registry));
+    let store = store.with_interceptor(metrics.s3.interceptor());
     let owner = config.worker.owner();
     let hand_back = Shutdown::new();
     let ctx = Arc::new(Context {
-        pool,
-        store,
+        pool: pool.clone(),
+        store: store.clone(),
         model,
+        metrics: metrics.clone(),
         settings: config.worker.clone(),
         owner: owner.clone(),
         shutdown: shutdown.clone(),
@@ -74,14 +110,58 @@ pub async fn run(
         .iter()
         .map(|(lane, n)| (*lane, Arc::new(Semaphore::new(*n as usize))))
         .collect();
-    tracing::info!(%owner, device = %ctx.model.device, model_sha256 = %ctx.model.sha256, ?lanes, "worker ready");
+    metrics.started(ctx.model.load_seconds, ctx.model.device_kind, &lanes);
 
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener to {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let router = jobs::ops::router(jobs::ops::Ops {
+        registry: Arc::new(registry),
+        pool,
+        broker: metrics.broker.clone(),
+        store: Some(store),
+        refresh: None,
+    });
+    // The listener outlives the shutdown signal: metrics and probes stay
+    // up while running jobs drain, and stop with the worker.
+    let http_stop = Shutdown::new();
+    let http_shutdown = http_stop.clone();
+    let http = tokio::spawn(async move {
+        let server = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.wait().await });
+        if let Err(error) = server.await {
+            tracing::error!(%error, "HTTP listener failed");
+        }
+    });
+    tracing::info!(%owner, device = %ctx.model.device, model_sha256 = %ctx.model.sha256, ?lanes, %http_addr, "worker ready");
+
+    let task = tokio::spawn(async move {
+        let result = work(ctx, config, lanes, semaphores, hand_back).await;
+        http_stop.trigger();
+        let _ = http.await;
+        result
+    });
+    Ok(Running { http_addr, task })
+}
+
+/// Consumes and renders until the shutdown signal, then drains.
+async fn work(
+    ctx: Arc<Context>,
+    config: WorkerConfig,
+    lanes: Vec<(Lane, u16)>,
+    semaphores: HashMap<Lane, Arc<Semaphore>>,
+    hand_back: Shutdown,
+) -> anyhow::Result<()> {
+    let shutdown = ctx.shutdown.clone();
     let mut tasks = JoinSet::new();
     let backoff = Backoff::default();
     let mut failures = 0;
     let mut connection = None;
     while !shutdown.is_triggered() {
-        match consume(&ctx, &config, &lanes, &semaphores, &mut tasks).await {
+        let consumed = consume(&ctx, &config, &lanes, &semaphores, &mut tasks).await;
+        ctx.metrics.broker.set(WORK_LINK, false);
+        match consumed {
             Ok(open) => connection = Some(open),
             Err(error) => {
                 let delay = backoff.delay(failures);
@@ -134,6 +214,7 @@ async fn consume(
         consumers.push(consumer.map(move |delivery| (lane, delivery)));
     }
     tracing::info!("consuming work");
+    ctx.metrics.broker.set(WORK_LINK, true);
 
     loop {
         tokio::select! {

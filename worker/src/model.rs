@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use anyhow::Context;
 use glow::device::DeviceChoice;
@@ -26,6 +27,8 @@ pub struct LoadedModel {
     pub sha256: String,
     /// Where the model runs, for logs.
     pub device: String,
+    /// `cuda` or `cpu`, for metrics.
+    pub device_kind: &'static str,
     render: RenderConfig,
 }
 
@@ -45,6 +48,7 @@ impl LoadedModel {
             directions,
             sha256,
             device: glow::device::describe(device),
+            device_kind: if device.is_cuda() { "cuda" } else { "cpu" },
             render: RenderConfig {
                 ffmpeg: settings.ffmpeg.clone(),
                 ..RenderConfig::default()
@@ -70,17 +74,24 @@ pub struct ModelPool {
     pub sha256: String,
     /// Where the models run, for logs.
     pub device: String,
+    /// `cuda` or `cpu`, for metrics.
+    pub device_kind: &'static str,
+    /// Seconds it took to load every copy.
+    pub load_seconds: f64,
 }
 
 impl ModelPool {
     /// Loads `copies` copies of the model in `settings`.
     pub fn load(settings: &WorkerSettings, copies: usize) -> anyhow::Result<Self> {
+        let started = Instant::now();
         let models = (0..copies.max(1))
             .map(|_| LoadedModel::load(settings))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             sha256: models[0].sha256.clone(),
             device: models[0].device.clone(),
+            device_kind: models[0].device_kind,
+            load_seconds: started.elapsed().as_secs_f64(),
             idle: Mutex::new(models),
         })
     }

@@ -33,6 +33,7 @@ fn spawn_worker(stack: &Stack) -> Child {
             config.worker.heartbeat_secs.to_string(),
         )
         .env(var("WORKER__WORK_DIR"), &config.worker.work_dir)
+        .env(var("HTTP__LISTEN"), "127.0.0.1:0")
         .env("AWS_ACCESS_KEY_ID", TEST_S3_ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", TEST_S3_SECRET_KEY)
         .spawn()

@@ -1,26 +1,33 @@
 //! The job pipeline end to end: glowctl submits through the queue, the
 //! scheduler records and dispatches, a worker renders with a real Glow
-//! model, outputs land in S3 and Postgres records the outcome. Also
-//! batches, cancellation, bad inputs and long jobs.
+//! model, outputs land in S3 and Postgres records the outcome, while both
+//! processes' metrics count it. Also batches, cancellation, bad inputs and
+//! long jobs.
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{mp4_frames, png_size, tiny_model, write_faces, Stack, SHIPPED_MODEL};
+use common::{mp4_frames, png_size, scrape, tiny_model, write_faces, Stack, SHIPPED_MODEL, WAIT};
 use contract::queue::{JobStatus, Lane, DEAD_LETTER_QUEUE, SUBMIT_QUEUE};
 use glowctl::{SubmitOptions, Via};
+use jobs::testkit::{eventually, promtool_check, sample};
 use serde_json::json;
 
 /// Frames of the nine-way morph the end-to-end tests render.
 const MORPH_FRAMES: u64 = 12;
 
 /// Submits a nine-way morph and an edit with glowctl over the queue,
-/// renders them with `model`, and checks outputs, statuses and hashes.
+/// renders them with `model`, and checks outputs, statuses, hashes and the
+/// scheduler's and worker's metrics.
 async fn morph_and_edit(name: &str, model: &Path) {
     let mut stack = Stack::start(name).await;
-    stack.start_worker(stack.worker_config(model)).await;
+    let worker = stack.start_worker(stack.worker_config(model)).await;
+    let worker_url = format!("http://{worker}");
+    let scheduler_before = scrape(&stack.scheduler_url).await;
+    let worker_before = scrape(&worker_url).await;
     let inputs = tempfile::tempdir().unwrap();
     write_faces(inputs.path(), 10);
 
@@ -57,6 +64,7 @@ async fn morph_and_edit(name: &str, model: &Path) {
 
     let sha = glow::render::sha256_file(model).unwrap();
     let store = stack.env.store().await;
+    let mut frames = HashMap::new();
     for (id, lane) in ids.iter().zip([Lane::Long, Lane::Interactive]) {
         let job = stack.client.wait(*id, false).await.unwrap();
         assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
@@ -77,6 +85,10 @@ async fn morph_and_edit(name: &str, model: &Path) {
         let out = tempfile::tempdir().unwrap();
         let files = stack.client.download(&job, out.path()).await.unwrap();
         assert!(files.iter().any(|f| f.ends_with("report.json")));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap())
+                .unwrap();
+        frames.insert(job.kind.clone(), report["frames"]["rendered"].as_f64().unwrap());
         if job.kind == "nine_way_morph" {
             let mp4 = std::fs::read(out.path().join("animation.mp4")).unwrap();
             assert_eq!(mp4_frames(&mp4), MORPH_FRAMES);
@@ -86,6 +98,105 @@ async fn morph_and_edit(name: &str, model: &Path) {
         }
     }
     assert_eq!(stack.env.queue_depth(SUBMIT_QUEUE), (0, 0));
+
+    // A job is counted right after its status is committed, so the scrape
+    // may need a moment to catch up with what glowctl saw.
+    let finished = |kind| [("kind", kind), ("outcome", "succeeded")];
+    let worker_after = eventually("the worker to count both jobs", WAIT, || async {
+        let text = scrape(&worker_url).await;
+        let counted = ["nine_way_morph", "edit"].iter().all(|kind| {
+            sample(&text, "glowline_jobs_finished_total", &finished(kind))
+                > sample(&worker_before, "glowline_jobs_finished_total", &finished(kind))
+        });
+        counted.then_some(text)
+    })
+    .await;
+    let scheduler_after = scrape(&stack.scheduler_url).await;
+    let moved = |before: &str, after: &str, name: &str, labels: &[(&str, &str)]| {
+        sample(after, name, labels) - sample(before, name, labels)
+    };
+    let on_worker = |name: &str, labels: &[(&str, &str)]| {
+        moved(&worker_before, &worker_after, name, labels)
+    };
+
+    for kind in ["nine_way_morph", "edit"] {
+        let submitted = [("kind", kind), ("source", "queue")];
+        assert_eq!(
+            moved(
+                &scheduler_before,
+                &scheduler_after,
+                "glowline_jobs_submitted_total",
+                &submitted
+            ),
+            1.0,
+            "{kind} submissions"
+        );
+        assert_eq!(
+            on_worker("glowline_jobs_finished_total", &finished(kind)),
+            1.0
+        );
+        assert_eq!(
+            on_worker("glowline_job_duration_seconds_count", &[("kind", kind)]),
+            1.0
+        );
+        assert_eq!(
+            on_worker("glowline_frames_rendered_total", &[("kind", kind)]),
+            frames[kind],
+            "{kind} frames, as its report counts them"
+        );
+    }
+    for (lane, stages) in [
+        ("long", &["download", "encode", "render", "video", "upload"][..]),
+        ("interactive", &["download", "encode", "render", "upload"][..]),
+    ] {
+        for stage in stages {
+            let labels = [("lane", lane), ("stage", *stage)];
+            assert_eq!(
+                on_worker("glowline_job_stage_duration_seconds_count", &labels),
+                1.0,
+                "{lane} {stage}"
+            );
+        }
+        let labels = [("lane", lane)];
+        assert_eq!(
+            on_worker("glowline_job_queue_wait_seconds_count", &labels),
+            1.0
+        );
+        assert_eq!(
+            sample(&worker_after, "glowline_jobs_in_progress", &labels),
+            0.0
+        );
+        assert_eq!(sample(&worker_after, "glowline_worker_slots", &labels), 1.0);
+    }
+    assert_eq!(
+        on_worker(
+            "glowline_job_stage_duration_seconds_count",
+            &[("lane", "interactive"), ("stage", "video")]
+        ),
+        0.0,
+        "an edit writes no video"
+    );
+    for operation in ["GetObject", "PutObject"] {
+        let labels = [("operation", operation), ("status", "2xx")];
+        assert!(
+            on_worker("glowline_s3_request_duration_seconds_count", &labels) > 0.0,
+            "{operation} requests"
+        );
+    }
+    assert_eq!(
+        sample(&worker_after, "glowline_worker_device_info", &[("device", "cpu")]),
+        1.0
+    );
+    assert!(sample(&worker_after, "glowline_model_load_duration_seconds", &[]) > 0.0);
+    promtool_check(&worker_after);
+    promtool_check(&scheduler_after);
+
+    let ready = reqwest::get(format!("{worker_url}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.unwrap(),
+        json!({ "database": "ok", "broker": "ok", "s3": "ok" })
+    );
     stack.stop().await;
 }
 
@@ -166,18 +277,42 @@ async fn cancelling_a_queued_and_a_running_job() {
         .submit(&spec, &SubmitOptions::default(), Via::Http)
         .await
         .unwrap();
-    stack.start_worker(stack.worker_config(tiny_model())).await;
+    let worker = stack.start_worker(stack.worker_config(tiny_model())).await;
+    let worker_url = format!("http://{worker}");
     stack
         .wait_for(running, "the job to render", |j| {
             j.status == JobStatus::Running && j.progress > 0.0
         })
         .await;
+    let during = scrape(&worker_url).await;
+    let long = [("lane", "long")];
+    assert_eq!(sample(&during, "glowline_jobs_in_progress", &long), 1.0);
+    assert_eq!(
+        sample(&during, "glowline_job_queue_wait_seconds_count", &long),
+        1.0
+    );
     assert_eq!(stack.client.cancel(running).await.unwrap(), "requested");
     let job = stack
         .wait_for(running, "the cancel to land", |j| j.status.is_terminal())
         .await;
     assert_eq!(job.status, JobStatus::Cancelled);
     assert!(job.progress < 1.0);
+
+    // The scheduler counts the job it cancelled in the queue, the worker
+    // the one it stopped.
+    let cancelled = [("kind", "mix_sweep"), ("outcome", "cancelled")];
+    eventually("the worker to count the cancel", WAIT, || async {
+        let after = scrape(&worker_url).await;
+        (sample(&after, "glowline_jobs_finished_total", &cancelled) == 1.0
+            && sample(&after, "glowline_jobs_in_progress", &long) == 0.0)
+            .then_some(())
+    })
+    .await;
+    let scheduler = scrape(&stack.scheduler_url).await;
+    assert_eq!(
+        sample(&scheduler, "glowline_jobs_finished_total", &cancelled),
+        1.0
+    );
 
     let queued_job = stack.client.job(queued).await.unwrap();
     assert_eq!(queued_job.status, JobStatus::Cancelled);
@@ -218,6 +353,7 @@ async fn bad_inputs_fail_their_jobs_with_the_reason_and_the_worker_goes_on() {
         let body = json!({ "spec": { "version": 1, "alignment": { "skip": true }, "operation": { "kind": "mix", "from": input, "to": "uploads/good/face.png", "alpha": 0.5 } } });
         let request = http
             .post(format!("{}/v1/jobs", stack.scheduler_url))
+            .bearer_auth(jobs::testkit::TEST_API_TOKEN)
             .json(&body);
         async move {
             let response: serde_json::Value = request.send().await.unwrap().json().await.unwrap();

@@ -29,8 +29,12 @@ pub struct TrainArgs {
     #[arg(long)]
     run: PathBuf,
     /// Continue from the run folder's checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init_from")]
     resume: bool,
+    /// Warm-start a new run from a shipped model (e.g. models/celeba64.safetensors):
+    /// its weights and counts, a fresh optimizer and a new learning-rate warm-up.
+    #[arg(long, value_name = "MODEL")]
+    init_from: Option<PathBuf>,
     /// Stop after this many images in total (overrides the preset; 0: never).
     #[arg(long)]
     max_images: Option<u64>,
@@ -60,13 +64,15 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let mut trainer = if args.resume {
         Trainer::resume(glow, config, &files.checkpoint())
             .with_context(|| format!("resuming from {}", files.checkpoint().display()))?
+    } else if files.checkpoint().exists() {
+        bail!(
+            "{} already exists: pass --resume to continue it, or choose another --run folder",
+            files.checkpoint().display()
+        );
+    } else if let Some(model) = &args.init_from {
+        Trainer::warm_start(glow, config, model)
+            .with_context(|| format!("warm-starting from {}", model.display()))?
     } else {
-        if files.checkpoint().exists() {
-            bail!(
-                "{} already exists: pass --resume to continue it, or choose another --run folder",
-                files.checkpoint().display()
-            );
-        }
         Trainer::new(
             glow,
             config,

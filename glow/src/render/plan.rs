@@ -168,6 +168,8 @@ pub fn build(
             let ids = (0..*count as usize).map(|i| set.add(i, i, 0.0)).collect();
             single_tiles(samples.shallow_clone(), set, ids, false)
         }
+        // A probe draws nothing; `glow render` writes only its report.
+        Operation::Probe {} => single_tiles(faces.shallow_clone(), set, Vec::new(), false),
     }
 }
 

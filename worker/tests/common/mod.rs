@@ -10,6 +10,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use glow::{Glow, GlowConfig, Precision};
 use glowctl::{Client, ClientConfig};
 use jobs::shutdown::Shutdown;
 use jobs::store::Job;
-use jobs::testkit::{eventually, TestEnv};
+use jobs::testkit::{eventually, TestEnv, TEST_API_TOKEN};
 use sqlx::PgPool;
 use uuid::Uuid;
 use worker::config::WorkerConfig;
@@ -111,6 +112,7 @@ pub fn worker_config(env: &TestEnv, model: &Path, work_dir: &Path) -> WorkerConf
     config.worker.lease_secs = 3;
     config.worker.heartbeat_secs = 1;
     config.worker.work_dir = work_dir.to_owned();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
     config
 }
 
@@ -133,10 +135,17 @@ impl Stack {
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         config.database = env.database.clone();
         config.broker = env.broker.clone();
+        config.s3 = env.s3.clone();
         config.reaper.interval_ms = 250;
         config.relay.poll_interval_ms = 50;
         let shutdown = Shutdown::new();
-        let running = scheduler::start(config, shutdown.clone()).await.unwrap();
+        let secrets = scheduler::Secrets {
+            api_tokens: vec![TEST_API_TOKEN.to_owned()],
+            s3: env.s3_credentials(),
+        };
+        let running = scheduler::start_with(config, secrets, shutdown.clone())
+            .await
+            .unwrap();
         let scheduler_url = format!("http://{}", running.addr);
         tokio::spawn(running.join());
 
@@ -147,7 +156,9 @@ impl Stack {
                 s3: env.s3.clone(),
             },
             env.s3_credentials(),
-        );
+        )
+        .with_api_token(Some(TEST_API_TOKEN))
+        .unwrap();
         let pool = jobs::db::connect(&env.database).await.unwrap();
         Stack {
             env,
@@ -166,7 +177,9 @@ impl Stack {
     }
 
     /// Starts an in-process worker with `config`.
-    pub async fn start_worker(&mut self, config: WorkerConfig) {
+    /// Starts an in-process worker with `config`; returns the address of
+    /// its `/healthz`, `/readyz` and `/metrics`.
+    pub async fn start_worker(&mut self, config: WorkerConfig) -> SocketAddr {
         let settings = config.worker.clone();
         let copies = usize::from(settings.slots.interactive) + usize::from(settings.slots.long);
         let pool = tokio::task::spawn_blocking(move || ModelPool::load(&settings, copies))
@@ -175,8 +188,12 @@ impl Stack {
             .unwrap();
         let store = jobs::s3::Store::new(&config.s3, self.env.s3_credentials());
         let shutdown = Shutdown::new();
-        let handle = tokio::spawn(worker::run(config, Arc::new(pool), store, shutdown.clone()));
-        self.workers.push((shutdown, handle));
+        let running = worker::start(config, Arc::new(pool), store, shutdown.clone())
+            .await
+            .unwrap();
+        let addr = running.http_addr;
+        self.workers.push((shutdown, tokio::spawn(running.join())));
+        addr
     }
 
     /// Stops every in-process worker and the scheduler.
@@ -253,4 +270,11 @@ pub fn slow_sweep_spec() -> serde_json::Value {
         "operation": { "kind": "mix_sweep", "from": "face0.png", "to": "face1.png", "frames": 600 },
         "output": { "size": 512, "formats": ["frames"] }
     })
+}
+
+/// The Prometheus text exposition at `base_url` + `/metrics`.
+pub async fn scrape(base_url: &str) -> String {
+    let response = reqwest::get(format!("{base_url}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
 }
