@@ -255,7 +255,10 @@ pub struct Trainer {
 /// The [`TrainState`] in a checkpoint's or shipped model's metadata.
 fn read_state(file: &ModelFile, path: &Path) -> Result<TrainState> {
     let json = file.metadata.get(STATE_KEY).ok_or_else(|| {
-        GlowError::checkpoint(path, format!("no `{STATE_KEY}` metadata: not a trained model"))
+        GlowError::checkpoint(
+            path,
+            format!("no `{STATE_KEY}` metadata: not a trained model"),
+        )
     })?;
     serde_json::from_str(json).map_err(|e| GlowError::checkpoint(path, e.to_string()))
 }

@@ -414,9 +414,7 @@ impl Format {
     /// OpenMetrics when the `Accept` header names it, else text.
     pub fn negotiate(accept: Option<&str>) -> Self {
         match accept {
-            Some(accept) if accept.contains("application/openmetrics-text") => {
-                Format::OpenMetrics
-            }
+            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
             _ => Format::Text,
         }
     }
@@ -492,8 +490,7 @@ mod tests {
         let text = encode(&registry, Format::Text);
         assert!(text.contains("# TYPE glowline_jobs_finished_total counter\n"));
         assert!(text.contains("# HELP glowline_jobs_finished_total Jobs"));
-        assert!(text
-            .contains("glowline_jobs_finished_total{kind=\"edit\",outcome=\"failed\"} 1\n"));
+        assert!(text.contains("glowline_jobs_finished_total{kind=\"edit\",outcome=\"failed\"} 1\n"));
         assert!(text.contains("glowline_job_failures_total{kind=\"edit\",reason=\"input\"} 1\n"));
         assert!(text.contains("# TYPE glowline_s3_request_duration_seconds histogram\n"));
         assert!(text.contains("glowline_build_info{service=\"test\""));
@@ -517,7 +514,8 @@ mod tests {
 
     #[test]
     fn scrapers_get_openmetrics_only_when_they_ask() {
-        let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+        let prometheus =
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
         assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
         assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
         assert_eq!(Format::negotiate(None), Format::Text);

@@ -520,9 +520,15 @@ mod tests {
             .put_bytes("uploads/../jobs/x/result.png", Vec::new(), "image/png")
             .await
             .unwrap_err();
-        assert!(matches!(err, S3Error::ForbiddenKey { op: "put", .. }), "{err}");
+        assert!(
+            matches!(err, S3Error::ForbiddenKey { op: "put", .. }),
+            "{err}"
+        );
         let err = store.list("").await.unwrap_err();
-        assert!(matches!(err, S3Error::ForbiddenKey { op: "list", .. }), "{err}");
+        assert!(
+            matches!(err, S3Error::ForbiddenKey { op: "list", .. }),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -539,7 +545,11 @@ mod tests {
             "{}",
             download.url
         );
-        assert!(download.url.contains("X-Amz-Expires=600"), "{}", download.url);
+        assert!(
+            download.url.contains("X-Amz-Expires=600"),
+            "{}",
+            download.url
+        );
         assert!(!download.url.contains("secret"), "{}", download.url);
         let left = download.expires_at - Utc::now();
         assert!((590..=600).contains(&left.num_seconds()), "{left}");
@@ -555,6 +565,9 @@ mod tests {
             .presign_get("jobs/../uploads/x", Duration::from_secs(60))
             .await
             .unwrap_err();
-        assert!(matches!(err, S3Error::ForbiddenKey { op: "presign", .. }), "{err}");
+        assert!(
+            matches!(err, S3Error::ForbiddenKey { op: "presign", .. }),
+            "{err}"
+        );
     }
 }

@@ -118,6 +118,32 @@ impl TestEnv {
     }
 }
 
+/// A RabbitMQ user with full rights on one test's virtual host, deleted on
+/// drop: for tests that need a broker password of their own.
+pub struct BrokerUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl TestEnv {
+    /// Adds user `name` with `password`, allowed everything on this test's
+    /// virtual host.
+    pub fn add_broker_user(&self, name: &str, password: &str) -> BrokerUser {
+        rabbitmqctl(&["add_user", name, password]);
+        rabbitmqctl(&["set_permissions", "-p", &self.vhost, name, ".*", ".*", ".*"]);
+        BrokerUser {
+            name: name.to_owned(),
+            password: password.to_owned(),
+        }
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        rabbitmqctl(&["delete_user", &self.name]);
+    }
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
         rabbitmqctl(&["delete_vhost", &self.vhost]);

@@ -18,7 +18,6 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage, Rgba};
 
-
 /// Smallest side, in pixels, of a photo we accept by default: half the 64 px
 /// model, below which the face crop would be upscaled into mush.
 pub const DEFAULT_MIN_SIDE: u32 = 32;
@@ -542,5 +541,4 @@ mod tests {
             Err(InputError::TooLarge { .. })
         ));
     }
-
 }

@@ -26,5 +26,8 @@ fn an_icc_profile_bomb_is_not_inflated() {
 
     assert_eq!(image.dimensions(), (64, 64));
     let grown_mib = (peak_kib() - before) / 1024;
-    assert!(grown_mib < 64, "decoding grew the peak memory by {grown_mib} MiB");
+    assert!(
+        grown_mib < 64,
+        "decoding grew the peak memory by {grown_mib} MiB"
+    );
 }

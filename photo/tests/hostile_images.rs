@@ -16,7 +16,11 @@ fn decode(bytes: &[u8], name: &str) -> Result<(u32, u32), String> {
     let result = decode_image(bytes, name, &ImageLimits::default())
         .map(|image| image.dimensions())
         .map_err(|e| e.to_string());
-    assert!(started.elapsed() < QUICK, "{name} took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < QUICK,
+        "{name} took {:?}",
+        started.elapsed()
+    );
     let next = decode_image(&samples::png(64, 64), "next.png", &ImageLimits::default());
     assert_eq!(next.unwrap().dimensions(), (64, 64), "after {name}");
     result
@@ -25,10 +29,15 @@ fn decode(bytes: &[u8], name: &str) -> Result<(u32, u32), String> {
 #[test]
 fn a_png_claiming_100000_pixels_a_side_is_refused_from_its_header() {
     assert_eq!(
-        decode(&samples::png_claiming(100_000, 100_000, PNG_RGB), "bomb.png"),
-        Err("bomb.png: the image claims 100000x100000 pixels; the limit is 16384 px per side \
+        decode(
+            &samples::png_claiming(100_000, 100_000, PNG_RGB),
+            "bomb.png"
+        ),
+        Err(
+            "bomb.png: the image claims 100000x100000 pixels; the limit is 16384 px per side \
              and 768 MiB of memory"
-            .into())
+                .into()
+        )
     );
 }
 
@@ -37,9 +46,11 @@ fn a_png_within_the_side_limit_but_over_the_memory_limit_is_refused() {
     // 16384 x 16384 RGBA is 1 GiB of pixels.
     assert_eq!(
         decode(&samples::png_claiming(16_384, 16_384, PNG_RGBA), "wide.png"),
-        Err("wide.png: the image claims 16384x16384 pixels; the limit is 16384 px per side \
+        Err(
+            "wide.png: the image claims 16384x16384 pixels; the limit is 16384 px per side \
              and 768 MiB of memory"
-            .into())
+                .into()
+        )
     );
 }
 
@@ -47,9 +58,11 @@ fn a_png_within_the_side_limit_but_over_the_memory_limit_is_refused() {
 fn a_jpeg_claiming_65000_pixels_a_side_is_refused_from_its_header() {
     assert_eq!(
         decode(&samples::jpeg_claiming(65_000, 65_000), "bomb.jpg"),
-        Err("bomb.jpg: the image claims 65000x65000 pixels; the limit is 16384 px per side \
+        Err(
+            "bomb.jpg: the image claims 65000x65000 pixels; the limit is 16384 px per side \
              and 768 MiB of memory"
-            .into())
+                .into()
+        )
     );
 }
 
@@ -57,9 +70,11 @@ fn a_jpeg_claiming_65000_pixels_a_side_is_refused_from_its_header() {
 fn a_png_with_zero_dimensions_is_corrupt() {
     assert_eq!(
         decode(&samples::png_claiming(0, 0, PNG_RGB), "empty.png"),
-        Err("empty.png: the PNG data is truncated or corrupt: Format error decoding Png: \
+        Err(
+            "empty.png: the PNG data is truncated or corrupt: Format error decoding Png: \
              Invalid image dimensions"
-            .into())
+                .into()
+        )
     );
 }
 
@@ -124,9 +139,11 @@ fn files_cut_short_are_corrupt() {
     let cut = jpeg.len() - 10;
     assert_eq!(
         decode(&samples::truncated(jpeg, cut), "half.jpg"),
-        Err("half.jpg: the JPEG data is truncated or corrupt: the file ends before the \
+        Err(
+            "half.jpg: the JPEG data is truncated or corrupt: the file ends before the \
              image's end marker"
-            .into())
+                .into()
+        )
     );
     let err = decode(&samples::truncated(samples::webp(64, 64), 40), "half.webp").unwrap_err();
     assert!(

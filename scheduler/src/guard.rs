@@ -210,11 +210,7 @@ fn client_ip(request: &Request) -> IpAddr {
 }
 
 /// Answers 429 with `Retry-After` to a client past its rate.
-pub async fn limit_rate(
-    State(guard): State<Arc<Guard>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn limit_rate(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
     let Some(limiter) = &guard.limiter else {
         return next.run(request).await;
     };
@@ -360,13 +356,17 @@ mod tests {
         let rate = RateLimitConfig::default();
         let err = Guard::new(&[], &AuthConfig::default(), &rate, 1, 1).unwrap_err();
         assert!(
-            err.to_string().starts_with("no API token: set GLOWLINE_API_TOKEN"),
+            err.to_string()
+                .starts_with("no API token: set GLOWLINE_API_TOKEN"),
             "{err}"
         );
         let open = AuthConfig {
             allow_unauthenticated: true,
             ..AuthConfig::default()
         };
-        assert!(Guard::new(&[], &open, &rate, 1, 1).unwrap().tokens.is_none());
+        assert!(Guard::new(&[], &open, &rate, 1, 1)
+            .unwrap()
+            .tokens
+            .is_none());
     }
 }

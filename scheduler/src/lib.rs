@@ -61,7 +61,11 @@ pub struct Secrets {
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets({} API tokens, S3 credentials; redacted)", self.api_tokens.len())
+        write!(
+            f,
+            "Secrets({} API tokens, S3 credentials; redacted)",
+            self.api_tokens.len()
+        )
     }
 }
 
@@ -124,15 +128,13 @@ pub async fn start_with(
     let mut registry = jobs::metrics::registry("scheduler");
     let metrics = Arc::new(SchedulerMetrics::register(&mut registry));
 
-    let router = api::router(
-        api::ApiState {
-            pool: pool.clone(),
-            limits: limits.clone(),
-            metrics: metrics.clone(),
-            guard,
-            downloads,
-        },
-    )
+    let router = api::router(api::ApiState {
+        pool: pool.clone(),
+        limits: limits.clone(),
+        metrics: metrics.clone(),
+        guard,
+        downloads,
+    })
     .merge(jobs::ops::router(ops(registry, &pool, &metrics)))
     .layer(axum::middleware::from_fn_with_state(
         metrics.clone(),

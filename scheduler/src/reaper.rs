@@ -25,7 +25,9 @@ pub async fn run(
             Ok(reaped) => {
                 for outcome in reaped {
                     match outcome {
-                        Reaped::Requeued { job_id, attempt, .. } => {
+                        Reaped::Requeued {
+                            job_id, attempt, ..
+                        } => {
                             metrics.outcomes.retried(RetryReason::LeaseExpired);
                             tracing::warn!(%job_id, attempt, "lease expired; job queued again")
                         }

@@ -45,7 +45,8 @@ impl Request {
     }
 
     fn header(mut self, name: HeaderName, value: &str) -> Self {
-        self.headers.push((name, HeaderValue::from_str(value).unwrap()));
+        self.headers
+            .push((name, HeaderValue::from_str(value).unwrap()));
         self
     }
 
@@ -251,7 +252,8 @@ async fn oversized_bodies_headers_and_nesting_are_refused() {
     // 32 KiB of headers: over the API's 16 KiB, under hyper's own limit.
     let (status, _, body) = send(
         &h,
-        Request::get("/v1/jobs").header(HeaderName::from_static("x-padding"), &"x".repeat(32 * 1024)),
+        Request::get("/v1/jobs")
+            .header(HeaderName::from_static("x-padding"), &"x".repeat(32 * 1024)),
     )
     .await;
     assert_eq!(status, 431);
@@ -352,7 +354,10 @@ async fn malformed_json_and_submission_fields_are_named() {
     )
     .await;
     for (case, key) in [
-        ("a control character in the idempotency key", json!("key\u{7}bell")),
+        (
+            "a control character in the idempotency key",
+            json!("key\u{7}bell"),
+        ),
         ("a 201-character idempotency key", json!("k".repeat(201))),
         ("an empty idempotency key", json!("")),
     ] {

@@ -80,10 +80,7 @@ async fn submissions_move_the_counters_and_the_scrape_passes_promtool() {
         "a repeated idempotency key is not a new job"
     );
     assert_eq!(
-        delta(
-            "glowline_submissions_rejected_total",
-            &[("source", "http")]
-        ),
+        delta("glowline_submissions_rejected_total", &[("source", "http")]),
         1.0
     );
     assert_eq!(
@@ -202,10 +199,7 @@ async fn the_reaper_and_queued_cancels_count_as_outcomes() {
 
     let text = eventually("the reaper to fail the lost job", WAIT, || async {
         let text = scrape(&h).await;
-        let failed = [
-            ("kind", "edit"),
-            ("reason", "lease_expired"),
-        ];
+        let failed = [("kind", "edit"), ("reason", "lease_expired")];
         (sample(&text, "glowline_job_failures_total", &failed) == 1.0).then_some(text)
     })
     .await;

@@ -219,7 +219,12 @@ async fn announcements(pool: &PgPool) -> anyhow::Result<HashMap<Uuid, (i64, i64)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|row| Ok((row.try_get("job_id")?, (row.try_get("n")?, row.try_get("sent")?))))
+        .map(|row| {
+            Ok((
+                row.try_get("job_id")?,
+                (row.try_get("n")?, row.try_get("sent")?),
+            ))
+        })
         .collect()
 }
 

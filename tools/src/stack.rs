@@ -259,9 +259,17 @@ impl Stack {
         let mut scheduler_env = service_env("GLOWLINE_SCHEDULER", &env);
         scheduler_env.extend([
             ("GLOWLINE_API_TOKEN".into(), api_token.clone()),
-            var("GLOWLINE_SCHEDULER", "HTTP__LISTEN", format!("127.0.0.1:{port}")),
+            var(
+                "GLOWLINE_SCHEDULER",
+                "HTTP__LISTEN",
+                format!("127.0.0.1:{port}"),
+            ),
             // A driver is one client sending as fast as it can.
-            var("GLOWLINE_SCHEDULER", "HTTP__RATE_LIMIT__REQUESTS_PER_SECOND", "0"),
+            var(
+                "GLOWLINE_SCHEDULER",
+                "HTTP__RATE_LIMIT__REQUESTS_PER_SECOND",
+                "0",
+            ),
             var("GLOWLINE_SCHEDULER", "HTTP__RATE_LIMIT__BURST", "0"),
         ]);
         scheduler_env.extend(overrides("GLOWLINE_SCHEDULER", &options.scheduler));
@@ -275,7 +283,12 @@ impl Stack {
         let health = format!("{scheduler_url}/healthz");
         let http = reqwest::Client::new();
         let started = Instant::now();
-        while !http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+        while !http
+            .get(&health)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             if started.elapsed() > START_TIMEOUT {
                 bail!(
                     "the scheduler did not serve within {START_TIMEOUT:?}; see {}",
@@ -292,9 +305,17 @@ impl Stack {
         let work_dir = options.run_dir.join("work");
         let mut worker_env = service_env("GLOWLINE_WORKER", &env);
         worker_env.extend([
-            var("GLOWLINE_WORKER", "WORKER__MODEL", options.model.display().to_string()),
+            var(
+                "GLOWLINE_WORKER",
+                "WORKER__MODEL",
+                options.model.display().to_string(),
+            ),
             var("GLOWLINE_WORKER", "WORKER__DEVICE", "cpu"),
-            var("GLOWLINE_WORKER", "WORKER__WORK_DIR", work_dir.display().to_string()),
+            var(
+                "GLOWLINE_WORKER",
+                "WORKER__WORK_DIR",
+                work_dir.display().to_string(),
+            ),
             // Several workers share the machine: no fixed port each.
             var("GLOWLINE_WORKER", "HTTP__LISTEN", "127.0.0.1:0"),
         ]);
@@ -333,7 +354,10 @@ fn var(prefix: &str, key: &str, value: impl Into<String>) -> (String, String) {
 }
 
 fn overrides(prefix: &str, pairs: &[(String, String)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| var(prefix, k, v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| var(prefix, k, v.clone()))
+        .collect()
 }
 
 /// What every process of the stack needs: where the run's schema, vhost and

@@ -252,10 +252,7 @@ async fn run(ctx: &Arc<Context>, job: &Job, watch: Arc<Watch>) -> Attempt {
     let spec = match JobSpec::from_json(&job.spec.to_string()) {
         Ok(spec) => spec,
         Err(error) => {
-            return Attempt::Failed(
-                FailureReason::InvalidSpec,
-                format!("invalid spec: {error}"),
-            )
+            return Attempt::Failed(FailureReason::InvalidSpec, format!("invalid spec: {error}"))
         }
     };
     if let Operation::Probe {} = spec.operation {

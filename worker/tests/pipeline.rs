@@ -88,7 +88,10 @@ async fn morph_and_edit(name: &str, model: &Path) {
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap())
                 .unwrap();
-        frames.insert(job.kind.clone(), report["frames"]["rendered"].as_f64().unwrap());
+        frames.insert(
+            job.kind.clone(),
+            report["frames"]["rendered"].as_f64().unwrap(),
+        );
         if job.kind == "nine_way_morph" {
             let mp4 = std::fs::read(out.path().join("animation.mp4")).unwrap();
             assert_eq!(mp4_frames(&mp4), MORPH_FRAMES);
@@ -106,7 +109,11 @@ async fn morph_and_edit(name: &str, model: &Path) {
         let text = scrape(&worker_url).await;
         let counted = ["nine_way_morph", "edit"].iter().all(|kind| {
             sample(&text, "glowline_jobs_finished_total", &finished(kind))
-                > sample(&worker_before, "glowline_jobs_finished_total", &finished(kind))
+                > sample(
+                    &worker_before,
+                    "glowline_jobs_finished_total",
+                    &finished(kind),
+                )
         });
         counted.then_some(text)
     })
@@ -115,9 +122,8 @@ async fn morph_and_edit(name: &str, model: &Path) {
     let moved = |before: &str, after: &str, name: &str, labels: &[(&str, &str)]| {
         sample(after, name, labels) - sample(before, name, labels)
     };
-    let on_worker = |name: &str, labels: &[(&str, &str)]| {
-        moved(&worker_before, &worker_after, name, labels)
-    };
+    let on_worker =
+        |name: &str, labels: &[(&str, &str)]| moved(&worker_before, &worker_after, name, labels);
 
     for kind in ["nine_way_morph", "edit"] {
         let submitted = [("kind", kind), ("source", "queue")];
@@ -146,8 +152,14 @@ async fn morph_and_edit(name: &str, model: &Path) {
         );
     }
     for (lane, stages) in [
-        ("long", &["download", "encode", "render", "video", "upload"][..]),
-        ("interactive", &["download", "encode", "render", "upload"][..]),
+        (
+            "long",
+            &["download", "encode", "render", "video", "upload"][..],
+        ),
+        (
+            "interactive",
+            &["download", "encode", "render", "upload"][..],
+        ),
     ] {
         for stage in stages {
             let labels = [("lane", lane), ("stage", *stage)];
@@ -184,7 +196,11 @@ async fn morph_and_edit(name: &str, model: &Path) {
         );
     }
     assert_eq!(
-        sample(&worker_after, "glowline_worker_device_info", &[("device", "cpu")]),
+        sample(
+            &worker_after,
+            "glowline_worker_device_info",
+            &[("device", "cpu")]
+        ),
         1.0
     );
     assert!(sample(&worker_after, "glowline_model_load_duration_seconds", &[]) > 0.0);

@@ -12,7 +12,6 @@ pub use photo::{
     decode_image, ImageLimits, InputError, DEFAULT_MAX_ALLOC, DEFAULT_MAX_SIDE, DEFAULT_MIN_SIDE,
 };
 
-
 /// Resolves the input references of a job to bytes.
 pub trait InputSource {
     /// The bytes of the input named `reference`.

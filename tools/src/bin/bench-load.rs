@@ -111,10 +111,17 @@ async fn main() -> anyhow::Result<()> {
     let mut stack = Stack::start(&binaries, &s3.endpoint(), &options).await?;
     let mut fleet = Fleet::start(stack.worker_template.clone(), args.workers)?;
     for slot in 0..args.workers {
-        wait_for_log(&run_dir.join(format!("worker-{slot}.1.log")), "consuming work").await?;
+        wait_for_log(
+            &run_dir.join(format!("worker-{slot}.1.log")),
+            "consuming work",
+        )
+        .await?;
     }
     let groups = CpuGroups::new(vec![
-        ("scheduler".into(), stack.scheduler_pid().into_iter().collect()),
+        (
+            "scheduler".into(),
+            stack.scheduler_pid().into_iter().collect(),
+        ),
         ("workers".into(), fleet.pids()),
         ("s3 (s3s-fs)".into(), s3.pid().into_iter().collect()),
         ("bench client".into(), vec![std::process::id()]),
@@ -361,7 +368,10 @@ impl Timeline {
                 continue;
             };
             jobs.push(Steps {
-                sent: *phase.sent.get(&key).context("a job the bench did not send")?,
+                sent: *phase
+                    .sent
+                    .get(&key)
+                    .context("a job the bench did not send")?,
                 recorded: row.try_get("created_at")?,
                 relayed: row.try_get("relayed")?,
                 claimed,
@@ -380,27 +390,36 @@ impl Timeline {
         })
     }
 
-    fn summary(&self, step: fn(&Steps) -> f64) -> Option<Summary> {
+    fn summary(&self, step: Segment) -> Option<Summary> {
         Summary::of(self.jobs.iter().map(step).collect())
     }
 }
 
+/// Seconds between two of a job's recorded steps.
+type Segment = fn(&Steps) -> f64;
+
 /// The segments a job's time is split into, in order, with what happens in
 /// each.
-const SEGMENTS: [(&str, fn(&Steps) -> f64); 5] = [
-    ("submitted -> recorded   (client, broker or HTTP, scheduler's transaction)", |s| {
-        secs(s.sent, s.recorded)
+const SEGMENTS: [(&str, Segment); 5] = [
+    (
+        "submitted -> recorded   (client, broker or HTTP, scheduler's transaction)",
+        |s| secs(s.sent, s.recorded),
+    ),
+    (
+        "recorded -> relayed     (waiting for the outbox relay's next poll)",
+        |s| secs(s.recorded, s.relayed),
+    ),
+    (
+        "relayed -> claimed      (publish and confirm, delivery, a free slot, the claim)",
+        |s| secs(s.relayed, s.claimed),
+    ),
+    (
+        "claimed -> finished     (the worker: report to S3, then the commit)",
+        |s| secs(s.claimed, s.finished),
+    ),
+    ("submitted -> finished   (end to end)", |s| {
+        secs(s.sent, s.finished)
     }),
-    ("recorded -> relayed     (waiting for the outbox relay's next poll)", |s| {
-        secs(s.recorded, s.relayed)
-    }),
-    ("relayed -> claimed      (publish and confirm, delivery, a free slot, the claim)", |s| {
-        secs(s.relayed, s.claimed)
-    }),
-    ("claimed -> finished     (the worker: report to S3, then the commit)", |s| {
-        secs(s.claimed, s.finished)
-    }),
-    ("submitted -> finished   (end to end)", |s| secs(s.sent, s.finished)),
 ];
 
 fn print_report(phases: &[Phase], results: &[Timeline]) {
@@ -422,7 +441,9 @@ fn print_report(phases: &[Phase], results: &[Timeline]) {
             rate(timeline.last_finished),
         );
     }
-    println!("  submitted/s: accepted by the broker (queue) or answered (HTTP); recorded/s: jobs the");
+    println!(
+        "  submitted/s: accepted by the broker (queue) or answered (HTTP); recorded/s: jobs the"
+    );
     println!("  scheduler committed; finished/s: jobs workers completed; all from the phase's first send.");
 
     for (phase, timeline) in phases.iter().zip(results) {

@@ -614,7 +614,10 @@ impl Report<'_> {
                     "  {:<19} at {:5.1} s, away {:.1} s",
                     record.what, record.at, record.away
                 ),
-                Some(error) => println!("  {:<19} at {:5.1} s FAILED: {error}", record.what, record.at),
+                Some(error) => println!(
+                    "  {:<19} at {:5.1} s FAILED: {error}",
+                    record.what, record.at
+                ),
             }
         }
 
