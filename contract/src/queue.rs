@@ -257,6 +257,15 @@ pub fn check_key(key: &str, prefix: &'static str) -> Result<(), KeyError> {
             found,
         });
     }
+    // `.` and `..` first, so that `../etc/passwd` is named for what it
+    // tries; an empty segment only after the prefix, so that a bare
+    // `uploads/` is named as the folder it is.
+    let segments = || key.split('/');
+    if segments().any(|segment| segment == "." || segment == "..") {
+        return Err(KeyError::Traversal {
+            key: key.to_owned(),
+        });
+    }
     let below = key.strip_prefix(prefix);
     if below.is_none_or(str::is_empty) {
         return Err(KeyError::OutsidePrefix {
@@ -264,10 +273,7 @@ pub fn check_key(key: &str, prefix: &'static str) -> Result<(), KeyError> {
             prefix,
         });
     }
-    if key
-        .split('/')
-        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
-    {
+    if segments().any(str::is_empty) {
         return Err(KeyError::Traversal {
             key: key.to_owned(),
         });

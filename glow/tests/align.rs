@@ -17,7 +17,7 @@ use glow::align::{AlignError, Aligned, Aligner};
 use glow::render::{decode_image, DirInputs, ImageLimits, NoHooks, RenderConfig, RenderError};
 use glow::Glow;
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageEncoder, ImageFormat, Rgb, RgbImage};
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use tch::Device;
 
 /// Side of the face crop compared: the 64 px the shipped model sees.
@@ -287,24 +287,7 @@ fn a_photo_stored_sideways_with_an_exif_orientation_aligns() {
     // clockwise to display" (EXIF orientation 6), as a phone held sideways
     // writes it.
     let stored = image::imageops::rotate270(&upright);
-    let exif = [
-        0x49, 0x49, 0x2A, 0x00, 0x08, 0x00, 0x00, 0x00, // little-endian TIFF, IFD at 8
-        0x01, 0x00, // one entry
-        0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00,
-        0x00, // Orientation = 6
-        0x00, 0x00, 0x00, 0x00, // no next IFD
-    ];
-    let mut bytes = Vec::new();
-    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
-    encoder.set_exif_metadata(exif.to_vec()).unwrap();
-    encoder
-        .write_image(
-            stored.as_raw(),
-            stored.width(),
-            stored.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .unwrap();
+    let bytes = photo::samples::jpeg_with_orientation_6(&stored);
 
     let decoded = decode_image(&bytes, "phone.jpg", &ImageLimits::default()).unwrap();
     assert_eq!(decoded.dimensions(), upright.dimensions());

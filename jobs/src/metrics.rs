@@ -481,7 +481,14 @@ mod tests {
         let mut registry = registry("test");
         let outcomes = JobOutcomes::register(&mut registry);
         outcomes.finished("edit", JobStatus::Failed, Some(FailureReason::Input));
-        S3Metrics::register(&mut registry);
+        // A family with no samples yet is left out of the exposition.
+        let s3 = S3Metrics::register(&mut registry);
+        s3.requests
+            .get_or_create(&S3Labels {
+                operation: "GetObject".to_owned(),
+                status: "2xx",
+            })
+            .observe(0.01);
 
         let openmetrics = encode(&registry, Format::OpenMetrics);
         assert!(openmetrics.contains("# TYPE glowline_jobs_finished counter"));
@@ -493,6 +500,9 @@ mod tests {
         assert!(text.contains("glowline_jobs_finished_total{kind=\"edit\",outcome=\"failed\"} 1\n"));
         assert!(text.contains("glowline_job_failures_total{kind=\"edit\",reason=\"input\"} 1\n"));
         assert!(text.contains("# TYPE glowline_s3_request_duration_seconds histogram\n"));
+        assert!(text.contains(
+            "glowline_s3_request_duration_seconds_count{operation=\"GetObject\",status=\"2xx\"} 1\n"
+        ));
         assert!(text.contains("glowline_build_info{service=\"test\""));
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
     }

@@ -408,19 +408,7 @@ mod tests {
                 Rgb([0, 0, 255])
             }
         });
-        let exif = [
-            0x49, 0x49, 0x2A, 0x00, 0x08, 0x00, 0x00, 0x00, // little-endian TIFF, IFD at 8
-            0x01, 0x00, // one entry
-            0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00,
-            0x00, // Orientation = 6
-            0x00, 0x00, 0x00, 0x00, // no next IFD
-        ];
-        let mut bytes = Vec::new();
-        let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
-        encoder.set_exif_metadata(exif.to_vec()).unwrap();
-        encoder
-            .write_image(stored.as_raw(), 40, 60, image::ExtendedColorType::Rgb8)
-            .unwrap();
+        let bytes = crate::samples::jpeg_with_orientation_6(&stored);
 
         let upright = decode(&bytes).unwrap();
         assert_eq!(upright.dimensions(), (60, 40));

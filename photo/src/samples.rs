@@ -6,7 +6,8 @@
 
 use std::io::{Cursor, Write};
 
-use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use image::codecs::jpeg::JpegEncoder;
+use image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat, Rgb, RgbImage};
 
 /// The eight bytes every PNG starts with.
 const PNG_SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
@@ -51,6 +52,33 @@ pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
 /// A valid lossless WebP of `width` x `height`.
 pub fn webp(width: u32, height: u32) -> Vec<u8> {
     encode(&gradient(width, height, 0), ImageFormat::WebP)
+}
+
+/// `image` as a JPEG tagged with EXIF orientation 6 ("rotate 90 degrees
+/// clockwise to display"), as a phone held sideways writes it: decoding
+/// should turn it a quarter to the right.
+pub fn jpeg_with_orientation_6(image: &RgbImage) -> Vec<u8> {
+    let exif = [
+        0x49, 0x49, 0x2A, 0x00, 0x08, 0x00, 0x00, 0x00, // little-endian TIFF, IFD at 8
+        0x01, 0x00, // one entry
+        0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00,
+        0x00, // Orientation = 6
+        0x00, 0x00, 0x00, 0x00, // no next IFD
+    ];
+    let mut bytes = Vec::new();
+    let mut encoder = JpegEncoder::new_with_quality(&mut bytes, 95);
+    encoder
+        .set_exif_metadata(exif.to_vec())
+        .expect("the JPEG encoder takes EXIF");
+    encoder
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            ExtendedColorType::Rgb8,
+        )
+        .expect("encoding to memory cannot fail");
+    bytes
 }
 
 /// A valid GIF of `width` x `height` (a format photos are not taken in).

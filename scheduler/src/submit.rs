@@ -42,6 +42,13 @@ pub enum Rejection {
 
 /// Parses a submission from raw bytes (a queue message body).
 pub fn parse(body: &[u8]) -> Result<SubmitRequest, Rejection> {
+    // serde would also read the struct from an array of its fields in
+    // order; a submission is an object, and an array is told so plainly.
+    if body.trim_ascii_start().first() == Some(&b'[') {
+        return Err(Rejection::Malformed(
+            "expected a JSON object, found an array".to_owned(),
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))
 }
 

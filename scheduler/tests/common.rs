@@ -87,6 +87,41 @@ impl Harness {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// GETs `path` with the test token.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// GETs `path` with the test token and parses the answer as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
+    /// POSTs `body` as JSON to `path` with the test token.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs `body` as it is (JSON or not) to `path` with the test token.
+    pub async fn post_body(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs to `path` with no body, as cancel is sent.
+    pub async fn post_empty(&self, path: &str) -> reqwest::Response {
+        self.http.post(self.url(path)).send().await.unwrap()
+    }
+
     /// Stops the scheduler and waits for its tasks.
     pub async fn stop(&mut self) {
         self.shutdown.trigger();

@@ -14,26 +14,14 @@ async fn submit_get_list_and_cancel_a_job() {
 
     let mut body = edit("uploads/a/face.png");
     body["idempotency_key"] = json!("key-1");
-    let response = h
-        .http
-        .post(h.url("/v1/jobs"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = h.post("/v1/jobs", &body).await;
     assert_eq!(response.status(), 201);
     let first: Value = response.json().await.unwrap();
     let id = first["job"]["id"].as_str().unwrap().to_owned();
     assert_eq!(first["job"]["status"], "queued");
     assert_eq!(first["job"]["lane"], "interactive");
 
-    let again = h
-        .http
-        .post(h.url("/v1/jobs"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let again = h.post("/v1/jobs", &body).await;
     assert_eq!(again.status(), 200);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["job"]["id"], id.as_str());
@@ -43,76 +31,33 @@ async fn submit_get_list_and_cancel_a_job() {
     assert_eq!(dispatch["job_id"], id.as_str());
     assert_eq!(dispatch["kind"], "edit");
 
-    let job: Value = h
-        .http
-        .get(h.url(&format!("/v1/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job: Value = h.get_json(&format!("/v1/jobs/{id}")).await;
     assert_eq!(job["kind"], "edit");
 
-    let list: Value = h
-        .http
-        .get(h.url("/v1/jobs?status=queued&kind=edit"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = h.get_json("/v1/jobs?status=queued&kind=edit").await;
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
-    let none: Value = h
-        .http
-        .get(h.url("/v1/jobs?status=running"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: Value = h.get_json("/v1/jobs?status=running").await;
     assert!(none["jobs"].as_array().unwrap().is_empty());
-    let bad = h
-        .http
-        .get(h.url("/v1/jobs?status=done"))
-        .send()
-        .await
-        .unwrap();
+    let bad = h.get("/v1/jobs?status=done").await;
     assert_eq!(bad.status(), 422);
 
     let cancel: Value = h
-        .http
-        .post(h.url(&format!("/v1/jobs/{id}/cancel")))
-        .send()
+        .post_empty(&format!("/v1/jobs/{id}/cancel"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(cancel["outcome"], "cancelled");
     assert_eq!(cancel["job"]["status"], "cancelled");
     let twice: Value = h
-        .http
-        .post(h.url(&format!("/v1/jobs/{id}/cancel")))
-        .send()
+        .post_empty(&format!("/v1/jobs/{id}/cancel"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(twice["outcome"], "already_finished");
 
-    let events: Value = h
-        .http
-        .get(h.url(&format!("/v1/jobs/{id}/events")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: Value = h.get_json(&format!("/v1/jobs/{id}/events")).await;
     let names: Vec<&str> = events
         .as_array()
         .unwrap()
@@ -121,12 +66,7 @@ async fn submit_get_list_and_cancel_a_job() {
         .collect();
     assert_eq!(names, ["submitted", "cancelled"]);
 
-    let missing = h
-        .http
-        .get(h.url(&format!("/v1/jobs/{}", uuid::Uuid::nil())))
-        .send()
-        .await
-        .unwrap();
+    let missing = h.get(&format!("/v1/jobs/{}", uuid::Uuid::nil())).await;
     assert_eq!(missing.status(), 404);
     h.stop().await;
 }
@@ -147,25 +87,13 @@ async fn invalid_submissions_name_the_bad_input() {
         (json!({"spec": {}, "colour": "red"}), "colour"),
     ];
     for (body, named) in cases {
-        let response = h
-            .http
-            .post(h.url("/v1/jobs"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = h.post("/v1/jobs", &body).await;
         assert_eq!(response.status(), 422, "{body}");
         let error: Value = response.json().await.unwrap();
         let message = error["error"].as_str().unwrap();
         assert!(message.contains(named), "{message:?} should name {named:?}");
     }
-    let not_json = h
-        .http
-        .post(h.url("/v1/jobs"))
-        .body("{")
-        .send()
-        .await
-        .unwrap();
+    let not_json = h.post_body("/v1/jobs", "{").await;
     assert_eq!(not_json.status(), 422);
     h.stop().await;
 }
@@ -176,63 +104,29 @@ async fn a_batch_manifest_becomes_jobs_under_one_batch() {
     let manifest: String = (0..20)
         .map(|i| format!("{}\n", edit(&format!("uploads/b/{i}.png"))))
         .collect();
-    let response = h
-        .http
-        .post(h.url("/v1/batches?label=faces"))
-        .body(manifest)
-        .send()
-        .await
-        .unwrap();
+    let response = h.post_body("/v1/batches?label=faces", manifest).await;
     assert_eq!(response.status(), 201);
     let batch: Value = response.json().await.unwrap();
     assert_eq!(batch["job_ids"].as_array().unwrap().len(), 20);
     let batch_id = batch["batch_id"].as_str().unwrap();
 
-    let status: Value = h
-        .http
-        .get(h.url(&format!("/v1/batches/{batch_id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = h.get_json(&format!("/v1/batches/{batch_id}")).await;
     assert_eq!(status["status"], "queued");
     assert_eq!(status["counts"]["queued"], 20);
     assert_eq!(status["batch"]["label"], "faces");
 
     let listed: Value = h
-        .http
-        .get(h.url(&format!("/v1/jobs?batch_id={batch_id}&limit=5")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/jobs?batch_id={batch_id}&limit=5"))
+        .await;
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 5);
     assert!(listed["next_before"].is_string());
 
     let bad = format!("{}\nnot json\n", edit("uploads/b/x.png"));
-    let response = h
-        .http
-        .post(h.url("/v1/batches"))
-        .body(bad)
-        .send()
-        .await
-        .unwrap();
+    let response = h.post_body("/v1/batches", bad).await;
     assert_eq!(response.status(), 422);
     let error: Value = response.json().await.unwrap();
     assert!(error["error"].as_str().unwrap().contains("line 2"));
-    let all: Value = h
-        .http
-        .get(h.url("/v1/jobs?limit=500"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = h.get_json("/v1/jobs?limit=500").await;
     assert_eq!(
         all["jobs"].as_array().unwrap().len(),
         20,
@@ -244,15 +138,7 @@ async fn a_batch_manifest_becomes_jobs_under_one_batch() {
 #[tokio::test]
 async fn the_openapi_document_describes_every_route() {
     let mut h = Harness::start("http_openapi").await;
-    let doc: Value = h
-        .http
-        .get(h.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = h.get_json("/openapi.json").await;
     for path in [
         "/v1/jobs",
         "/v1/jobs/{id}",

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 /// The scheduler's metrics in Prometheus' text format.
 async fn scrape(h: &Harness) -> String {
-    let response = h.http.get(h.url("/metrics")).send().await.unwrap();
+    let response = h.get("/metrics").await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],
@@ -24,14 +24,14 @@ async fn scrape(h: &Harness) -> String {
 }
 
 async fn readiness(h: &Harness) -> (u16, Value) {
-    let response = h.http.get(h.url("/readyz")).send().await.unwrap();
+    let response = h.get("/readyz").await;
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
 #[tokio::test]
 async fn submissions_move_the_counters_and_the_scrape_passes_promtool() {
     let mut h = Harness::start("metrics_submit").await;
-    let health = h.http.get(h.url("/healthz")).send().await.unwrap();
+    let health = h.get("/healthz").await;
     assert_eq!(health.status(), 200);
     let ready = eventually("the scheduler to be ready", WAIT, || async {
         let (status, body) = readiness(&h).await;
@@ -45,22 +45,10 @@ async fn submissions_move_the_counters_and_the_scrape_passes_promtool() {
     for key in ["m-1", "m-2", "m-2"] {
         let mut body = edit("uploads/m/face.png");
         body["idempotency_key"] = json!(key);
-        let response = h
-            .http
-            .post(h.url("/v1/jobs"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = h.post("/v1/jobs", &body).await;
         assert!(response.status().is_success());
     }
-    let refused = h
-        .http
-        .post(h.url("/v1/jobs"))
-        .json(&edit("jobs/elsewhere/face.png"))
-        .send()
-        .await
-        .unwrap();
+    let refused = h.post("/v1/jobs", &edit("jobs/elsewhere/face.png")).await;
     assert_eq!(refused.status(), 422);
 
     // The relay publishes both dispatches: the outbox drains to nothing.
@@ -137,13 +125,7 @@ async fn without_a_broker_the_scheduler_is_not_ready_and_the_outbox_backs_up() {
     assert_eq!(body["database"], "ok");
     assert_eq!(body["broker"], "not connected: submit, relay");
 
-    let response = h
-        .http
-        .post(h.url("/v1/jobs"))
-        .json(&edit("uploads/m/face.png"))
-        .send()
-        .await
-        .unwrap();
+    let response = h.post("/v1/jobs", &edit("uploads/m/face.png")).await;
     assert_eq!(response.status(), 201);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let text = scrape(&h).await;
@@ -173,11 +155,8 @@ async fn the_reaper_and_queued_cancels_count_as_outcomes() {
 
     let queued = submit(edit("uploads/m/a.png")).await;
     let cancel: Value = h
-        .http
-        .post(h.url(&format!("/v1/jobs/{queued}/cancel")))
-        .send()
+        .post_empty(&format!("/v1/jobs/{queued}/cancel"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

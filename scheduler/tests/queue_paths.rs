@@ -193,12 +193,8 @@ async fn an_unroutable_message_is_a_failed_publish() {
 async fn the_reaper_requeues_a_lost_job_then_fails_it_when_attempts_run_out() {
     let mut h = Harness::start_with(TestEnv::new("reaper"), |c| c.jobs.max_attempts = 2).await;
     let response: serde_json::Value = h
-        .http
-        .post(h.url("/v1/jobs"))
-        .json(&edit("uploads/a.png"))
-        .send()
+        .post("/v1/jobs", &edit("uploads/a.png"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -253,12 +249,8 @@ async fn the_reaper_requeues_a_lost_job_then_fails_it_when_attempts_run_out() {
 async fn cancelling_a_running_job_sets_its_flag_and_the_worker_commits_cancelled() {
     let mut h = Harness::start("cancel_running").await;
     let response: serde_json::Value = h
-        .http
-        .post(h.url("/v1/jobs"))
-        .json(&edit("uploads/a.png"))
-        .send()
+        .post("/v1/jobs", &edit("uploads/a.png"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -281,11 +273,8 @@ async fn cancelling_a_running_job_sets_its_flag_and_the_worker_commits_cancelled
     );
 
     let cancel: serde_json::Value = h
-        .http
-        .post(h.url(&format!("/v1/jobs/{id}/cancel")))
-        .send()
+        .post_empty(&format!("/v1/jobs/{id}/cancel"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -109,7 +109,7 @@ async fn secrets_stay_out_of_logs_and_answers() {
         let body = response.text().await.unwrap();
         assert!(status == 201 || status == 422, "{status}: {body}");
         if status == 201 {
-            let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+            let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job"]["id"]
                 .as_str()
                 .unwrap()
                 .to_owned();
