@@ -279,14 +279,18 @@ async fn steady(
     })
 }
 
-/// Waits until every job of `phase` finished.
+/// Waits until every job of `phase` finished and the relay picked up its
+/// terminal event, the last step the timeline reads.
 async fn drain(pool: &PgPool, phase: &Phase, deadline: Instant) -> anyhow::Result<()> {
     loop {
         let finished: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE idempotency_key LIKE $1
-             AND status NOT IN ('queued', 'running')",
+            "SELECT count(*) FROM jobs j WHERE j.idempotency_key LIKE $1
+             AND j.status NOT IN ('queued', 'running')
+             AND EXISTS (SELECT 1 FROM outbox o WHERE o.exchange = $2
+                         AND o.payload->>'job_id' = j.id::text AND o.sent_at IS NOT NULL)",
         )
         .bind(format!("{}%", phase.prefix))
+        .bind(EVENTS_EXCHANGE)
         .fetch_one(pool)
         .await?;
         if finished as usize >= phase.sent.len() {
@@ -294,7 +298,7 @@ async fn drain(pool: &PgPool, phase: &Phase, deadline: Instant) -> anyhow::Resul
         }
         if Instant::now() > deadline {
             bail!(
-                "{}: {finished} of {} jobs finished by the bound",
+                "{}: {finished} of {} jobs finished and announced by the bound",
                 phase.name,
                 phase.sent.len()
             );
