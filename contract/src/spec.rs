@@ -950,6 +950,17 @@ mod tests {
         JobSpec::from_json(json)
     }
 
+    #[test]
+    fn a_strength_with_a_long_mantissa_survives_serialization() {
+        // Found by the `job_spec` fuzzer: without serde_json's exact float
+        // parsing this came back one unit in the last place off.
+        let spec = parse(&edit(
+            r#"{"narrow_eyes": 1.737777777777777777777777777777777777777777577771777777777770}"#,
+        ))
+        .unwrap();
+        assert_eq!(parse(&spec.to_json()).unwrap(), spec);
+    }
+
     fn edit(attributes: &str) -> String {
         format!(
             r#"{{"version": 1, "operation": {{"kind": "edit", "input": "a.jpg",
