@@ -129,7 +129,15 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(name: &str) -> Self {
-        let env = TestEnv::new(name);
+        Self::start_in(TestEnv::new(name), |_| {}).await
+    }
+
+    /// Starts the stack in `env`, with `tweak` applied to the scheduler's
+    /// config.
+    pub async fn start_in(
+        env: TestEnv,
+        tweak: impl FnOnce(&mut scheduler::config::SchedulerConfig),
+    ) -> Self {
         env.store().await;
         let mut config = scheduler::config::SchedulerConfig::default();
         config.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -138,6 +146,7 @@ impl Stack {
         config.s3 = env.s3.clone();
         config.reaper.interval_ms = 250;
         config.relay.poll_interval_ms = 50;
+        tweak(&mut config);
         let shutdown = Shutdown::new();
         let secrets = scheduler::Secrets {
             api_tokens: vec![TEST_API_TOKEN.to_owned()],

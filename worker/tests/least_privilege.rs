@@ -1,0 +1,173 @@
+//! The scheduler and a worker run under the least-privilege Postgres roles
+//! of `deploy/postgres/least-privilege.sql`, applied as it is to the test's
+//! schema: a batch renders to success, a queued job is cancelled, and
+//! neither role may delete jobs or rewrite the event log.
+
+mod common;
+
+use std::process::Command;
+
+use common::{slow_sweep_spec, tiny_model, write_faces, Stack};
+use contract::queue::JobStatus;
+use glowctl::{SubmitOptions, Via};
+use jobs::testkit::TestEnv;
+use serde_json::json;
+
+/// The grants a deployment applies, read from the file it applies.
+const GRANTS: &str = include_str!("../../deploy/postgres/least-privilege.sql");
+
+/// The two roles of the grants file, named for one test and dropped with it.
+struct Roles {
+    admin_url: String,
+    scheduler: String,
+    worker: String,
+}
+
+impl Roles {
+    /// Runs the grants file against `env`'s (migrated) schema as the
+    /// administrator, with the role and schema names made the test's own.
+    fn create(env: &TestEnv) -> Self {
+        let schema = &env.database.schema;
+        let suffix = &schema[schema.len() - 10..];
+        let roles = Roles {
+            admin_url: env.database.url.clone(),
+            scheduler: format!("lp_{suffix}_scheduler"),
+            worker: format!("lp_{suffix}_worker"),
+        };
+        let sql = GRANTS
+            .replace("glowline_scheduler", &roles.scheduler)
+            .replace("glowline_worker", &roles.worker)
+            .replace("glowline.", &format!("{schema}."))
+            .replace("SCHEMA glowline", &format!("SCHEMA {schema}"));
+        roles.psql(&sql);
+        roles
+    }
+
+    /// Runs `sql` as the administrator, stopping at the first error.
+    fn psql(&self, sql: &str) {
+        let out = Command::new("psql")
+            .args([&self.admin_url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The administrator's URL with `role` as the user.
+    fn url(&self, role: &str) -> String {
+        let (scheme, rest) = self.admin_url.split_once("://").unwrap();
+        let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{role}@{host}")
+    }
+}
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        let (scheduler, worker) = (&self.scheduler, &self.worker);
+        let _ = Command::new("psql")
+            .args([
+                &self.admin_url,
+                "-qc",
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                         WHERE usename IN ('{scheduler}', '{worker}');
+                     DROP OWNED BY {scheduler}, {worker};
+                     DROP ROLE {scheduler}, {worker};"
+                ),
+            ])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn the_services_run_under_the_least_privilege_grants() {
+    let env = TestEnv::new("least_privilege");
+    // The owner (here the administrator) migrates; the services do not.
+    jobs::db::connect(&env.database).await.unwrap().close().await;
+    let roles = Roles::create(&env);
+    let scheduler_url = roles.url(&roles.scheduler);
+    let mut stack = Stack::start_in(env, |config| {
+        config.database.url = scheduler_url;
+        config.database.migrate = false;
+    })
+    .await;
+    let inputs = tempfile::tempdir().unwrap();
+    write_faces(inputs.path(), 2);
+    let sweep = inputs.path().join("sweep.json");
+    std::fs::write(&sweep, slow_sweep_spec().to_string()).unwrap();
+    let sweep = stack.client.prepare(&sweep).await.unwrap();
+
+    // The scheduler cancels a queued job: it updates the job, appends its
+    // event and leaves the announcement in the outbox.
+    let queued = stack
+        .client
+        .submit(&sweep, &SubmitOptions::default(), Via::Http)
+        .await
+        .unwrap();
+    assert_eq!(stack.client.cancel(queued).await.unwrap(), "cancelled");
+
+    // The worker claims, reports progress, stops on a cancel request and
+    // renders a batch to success.
+    let mut config = stack.worker_config(tiny_model());
+    config.database.url = roles.url(&roles.worker);
+    config.database.migrate = false;
+    stack.start_worker(config).await;
+    let running = stack
+        .client
+        .submit(&sweep, &SubmitOptions::default(), Via::Http)
+        .await
+        .unwrap();
+    stack
+        .wait_for(running, "the sweep to render", |job| {
+            job.status == JobStatus::Running && job.progress > 0.0
+        })
+        .await;
+    assert_eq!(stack.client.cancel(running).await.unwrap(), "requested");
+    let job = stack
+        .wait_for(running, "the cancel to land", |job| job.status.is_terminal())
+        .await;
+    assert_eq!(job.status, JobStatus::Cancelled);
+
+    let manifest: String = (0..3)
+        .map(|i| {
+            let spec = json!({
+                "version": 1,
+                "alignment": { "skip": true },
+                "operation": { "kind": "edit", "input": "face0.png", "attributes": { "smiling": f64::from(i) / 2.0 } },
+                "output": { "size": 32 }
+            });
+            format!("{spec}\n")
+        })
+        .collect();
+    let (batch, _) = stack
+        .client
+        .submit_batch(&manifest, inputs.path(), None)
+        .await
+        .unwrap();
+    let status = stack.client.wait_batch(batch, false).await.unwrap();
+    assert_eq!(status.status, "succeeded", "{status:?}");
+
+    // Neither role may erase or forge history, nor change the tables.
+    let schema = stack.env.database.schema.clone();
+    for role in [&roles.scheduler, &roles.worker] {
+        let pool = sqlx::PgPool::connect(&roles.url(role)).await.unwrap();
+        for statement in [
+            format!("DELETE FROM {schema}.jobs"),
+            format!("DELETE FROM {schema}.job_events"),
+            format!("UPDATE {schema}.job_events SET event = 'forged'"),
+            format!("DROP TABLE {schema}.outbox"),
+        ] {
+            let error = sqlx::query(&statement).execute(&pool).await.unwrap_err();
+            let code = error.as_database_error().and_then(|e| e.code());
+            assert!(
+                matches!(code.as_deref(), Some("42501" | "P0001")),
+                "{role} ran {statement:?}: {error}"
+            );
+        }
+        pool.close().await;
+    }
+    stack.stop().await;
+}
