@@ -86,7 +86,11 @@ impl Drop for Roles {
 async fn the_services_run_under_the_least_privilege_grants() {
     let env = TestEnv::new("least_privilege");
     // The owner (here the administrator) migrates; the services do not.
-    jobs::db::connect(&env.database).await.unwrap().close().await;
+    jobs::db::connect(&env.database)
+        .await
+        .unwrap()
+        .close()
+        .await;
     let roles = Roles::create(&env);
     let scheduler_url = roles.url(&roles.scheduler);
     let mut stack = Stack::start_in(env, |config| {
@@ -127,7 +131,9 @@ async fn the_services_run_under_the_least_privilege_grants() {
         .await;
     assert_eq!(stack.client.cancel(running).await.unwrap(), "requested");
     let job = stack
-        .wait_for(running, "the cancel to land", |job| job.status.is_terminal())
+        .wait_for(running, "the cancel to land", |job| {
+            job.status.is_terminal()
+        })
         .await;
     assert_eq!(job.status, JobStatus::Cancelled);
 
