@@ -1,7 +1,9 @@
-//! The scheduler and a worker run under the least-privilege Postgres roles
-//! of `deploy/postgres/least-privilege.sql`, applied as it is to the test's
-//! schema: a batch renders to success, a queued job is cancelled, and
-//! neither role may delete jobs or rewrite the event log.
+//! The scheduler, a worker and glowctl run under the least-privilege
+//! Postgres roles of `deploy/postgres/least-privilege.sql` and RabbitMQ
+//! permissions of `deploy/rabbitmq/least-privilege.sh`, each applied as it
+//! is to the test's schema and virtual host: submissions over HTTP and the
+//! queue, a batch, a queued and a running cancel all go through, and
+//! neither database role may delete jobs or rewrite the event log.
 
 mod common;
 
@@ -10,11 +12,54 @@ use std::process::Command;
 use common::{slow_sweep_spec, tiny_model, write_faces, Stack};
 use contract::queue::JobStatus;
 use glowctl::{SubmitOptions, Via};
-use jobs::testkit::TestEnv;
+use jobs::testkit::{BrokerUser, TestEnv};
 use serde_json::json;
 
 /// The grants a deployment applies, read from the file it applies.
 const GRANTS: &str = include_str!("../../deploy/postgres/least-privilege.sql");
+
+/// Broker users for the scheduler, a worker and glowctl, with the
+/// permissions the deployment script gives them.
+struct BrokerUsers {
+    scheduler: BrokerUser,
+    worker: BrokerUser,
+    client: BrokerUser,
+}
+
+impl BrokerUsers {
+    fn create(env: &TestEnv) -> Self {
+        let suffix = &env.vhost[env.vhost.len() - 10..];
+        let user = |role: &str| env.add_broker_user(&format!("lp-{suffix}-{role}"), "lp-password");
+        let users = BrokerUsers {
+            scheduler: user("scheduler"),
+            worker: user("worker"),
+            client: user("client"),
+        };
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/rabbitmq/least-privilege.sh"
+        );
+        let out = Command::new(script)
+            .env("GLOWLINE_VHOST", &env.vhost)
+            .env("GLOWLINE_SCHEDULER_USER", &users.scheduler.name)
+            .env("GLOWLINE_WORKER_USER", &users.worker.name)
+            .env("GLOWLINE_CLIENT_USER", &users.client.name)
+            .output()
+            .expect("run deploy/rabbitmq/least-privilege.sh");
+        assert!(
+            out.status.success(),
+            "least-privilege.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        users
+    }
+}
+
+/// `env`'s broker URL with `user` as the credentials.
+fn broker_url(env: &TestEnv, user: &BrokerUser) -> String {
+    let (_, host) = env.broker.url.split_once('@').unwrap();
+    format!("amqp://{}:{}@{host}", user.name, user.password)
+}
 
 /// The two roles of the grants file, named for one test and dropped with it.
 struct Roles {
@@ -84,7 +129,7 @@ impl Drop for Roles {
 
 #[tokio::test]
 async fn the_services_run_under_the_least_privilege_grants() {
-    let env = TestEnv::new("least_privilege");
+    let mut env = TestEnv::new("least_privilege");
     // The owner (here the administrator) migrates; the services do not.
     jobs::db::connect(&env.database)
         .await
@@ -92,10 +137,18 @@ async fn the_services_run_under_the_least_privilege_grants() {
         .close()
         .await;
     let roles = Roles::create(&env);
-    let scheduler_url = roles.url(&roles.scheduler);
+    let broker_users = BrokerUsers::create(&env);
+    let (scheduler_database, scheduler_broker, worker_broker) = (
+        roles.url(&roles.scheduler),
+        broker_url(&env, &broker_users.scheduler),
+        broker_url(&env, &broker_users.worker),
+    );
+    // The stack's glowctl client connects as the client user.
+    env.broker.url = broker_url(&env, &broker_users.client);
     let mut stack = Stack::start_in(env, |config| {
-        config.database.url = scheduler_url;
+        config.database.url = scheduler_database;
         config.database.migrate = false;
+        config.broker.url = scheduler_broker;
     })
     .await;
     let inputs = tempfile::tempdir().unwrap();
@@ -118,6 +171,7 @@ async fn the_services_run_under_the_least_privilege_grants() {
     let mut config = stack.worker_config(tiny_model());
     config.database.url = roles.url(&roles.worker);
     config.database.migrate = false;
+    config.broker.url = worker_broker;
     stack.start_worker(config).await;
     let running = stack
         .client
@@ -136,6 +190,26 @@ async fn the_services_run_under_the_least_privilege_grants() {
         })
         .await;
     assert_eq!(job.status, JobStatus::Cancelled);
+
+    // Over the queue: the scheduler consumes it and replies.
+    let edit = inputs.path().join("edit.json");
+    let spec = json!({
+        "version": 1,
+        "alignment": { "skip": true },
+        "operation": { "kind": "edit", "input": "face1.png", "attributes": { "beard": 1.0 } },
+        "output": { "size": 32 }
+    });
+    std::fs::write(&edit, spec.to_string()).unwrap();
+    let edit = stack.client.prepare(&edit).await.unwrap();
+    let by_queue = stack
+        .client
+        .submit(&edit, &SubmitOptions::default(), Via::Queue)
+        .await
+        .unwrap();
+    let job = stack
+        .wait_for(by_queue, "the queued edit", |job| job.status.is_terminal())
+        .await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
 
     let manifest: String = (0..3)
         .map(|i| {
